@@ -1,0 +1,130 @@
+"""The `sweep` command line: a thin layer, each command parses arguments and calls one function."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from typing import Iterator, Optional
+
+import typer
+
+from sweep.errors import SweepError
+
+app = typer.Typer(
+    help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("sweep")
+
+StorageOpt = typer.Option(
+    None, "--storage", help="Optuna storage URL [env SWEEP_OPTUNA_STORAGE; default sqlite:///sweep-optuna.db]"
+)
+TrackingOpt = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///sweep-mlflow.db]"
+)
+
+
+class _DropTraceback(logging.Filter):
+    """Optuna logs a traceback for every caught trial failure; our trial line gives the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _setup_logging(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.get_logger("optuna").addFilter(_DropTraceback())
+
+
+@contextlib.contextmanager
+def _guard() -> Iterator[None]:
+    """User and service errors: one clean message and exit code, no traceback."""
+    try:
+        yield
+    except SweepError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are saved; run the same command again to resume",
+                   err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def run(
+    study: str = typer.Argument(..., help="study file (studies/x.yaml), or the name of a stored study to join"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials now"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run, resume or join a study; one line per finished trial."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.study import run as run_study
+
+        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials)
+        log.info("done: %d trials in study %s; `sweep best %s` shows the best", len(s.trials),
+                 s.study_name, s.study_name)
+
+
+@app.command()
+def best(
+    study: str = typer.Argument(..., help="study name"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """The best trial's config: value, activation params, MLflow run id."""
+    with _guard():
+        from sweep.results import best_config
+
+        cfg = best_config(study, storage=storage, tracking_uri=tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(cfg))
+        return
+    rows = [("study", cfg["study"]), ("trial", cfg["trial"]), (cfg["metric"], f"{cfg['value']:.4f}"),
+            *((k, v) for k, v in cfg["params"].items()), ("seed", cfg["seed"]),
+            ("test_accuracy", cfg["test_accuracy"]), ("mlflow_run_id", cfg["mlflow_run_id"]),
+            ("model_uri", cfg["mlflow_model_uri"]), ("tracking_uri", cfg["tracking_uri"])]
+    width = max(len(str(k)) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{str(k):<{width}}  {v}")
+
+
+@app.command()
+def trials(
+    study: str = typer.Argument(..., help="study name"),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
+    with _guard():
+        from sweep.results import trials as trials_df
+
+        df = trials_df(study, storage=storage)
+    keep = [c for c in ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init",
+                        "prelu_shared_axes", "seed", "mlflow_run_id", "fail_reason") if c in df]
+    typer.echo(df[keep].to_string(index=False))
+
+
+def main() -> None:
+    app(prog_name="sweep")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Study files: the one module that reads YAML, validating it into pydantic models.
+
+Every problem is reported at once with its field path (`search.space.leaky_alpha.low: ...`);
+no raw dict travels past this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sweep.activations import ACTIVATIONS, PARAM_OWNER, resolve_params, suggest_name
+from sweep.errors import ConfigError
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz")
+METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Strict):
+    name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
+    path: Path | None = None
+    train_samples: int | None = Field(None, gt=0)
+    test_samples: int | None = Field(None, gt=0)
+    validation_split: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        p = v.expanduser()
+        if not p.is_file():
+            raise ValueError(
+                f"file not found: {str(v)!r} (relative paths are read from the working "
+                f"directory {Path.cwd()}); expected a .npz in keras load_data() layout"
+            )
+        return p.resolve()
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DatasetConfig:
+        if self.name == "npz" and self.path is None:
+            raise ValueError("dataset 'npz' needs `path` to a .npz with x_train, y_train, x_test, y_test")
+        if self.name == "digits" and self.path is not None:
+            raise ValueError("dataset 'digits' ships with scikit-learn and takes no `path`")
+        return self
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(25, gt=0)
+    batch_size: int = Field(250, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(0.001, gt=0.0)
+
+
+class FloatRange(Strict):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("`log` and `step` cannot be combined (Optuna does not support it)")
+        return self
+
+
+AlphaInit = Union[Literal["zeros"], float]
+SharedAxes = Literal["none", "spatial", "all"]
+
+
+def _check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        hint = suggest_name(name)
+        tip = f"; did you mean {hint!r}?" if hint else ""
+        raise ValueError(
+            f"unknown activation {name!r}{tip} Expected one of: {', '.join(ACTIVATIONS)}"
+        )
+    return name
+
+
+ActivationName = Annotated[str, AfterValidator(_check_activation)]
+
+
+def _nonneg(v: float, what: str) -> float:
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0, got {v}")
+    return v
+
+
+class SpaceConfig(Strict):
+    """Search space. Activation parameters are sampled only for the activation that uses them."""
+
+    activation: list[ActivationName] = Field(min_length=1)
+    leaky_alpha: FloatRange | list[float] | None = None
+    prelu_alpha_init: list[AlphaInit] | None = Field(None, min_length=1)
+    prelu_shared_axes: list[SharedAxes] | None = Field(None, min_length=1)
+
+    @field_validator("leaky_alpha")
+    @classmethod
+    def _slope(cls, v: FloatRange | list[float] | None) -> FloatRange | list[float] | None:
+        if isinstance(v, FloatRange):
+            _nonneg(v.low, "low (a negative slope)")
+        elif v is not None:
+            if not v:
+                raise ValueError("expected at least one value")
+            for x in v:
+                _nonneg(x, "every value (a negative slope)")
+        return v
+
+    @field_validator("prelu_alpha_init")
+    @classmethod
+    def _alpha(cls, v: list[AlphaInit] | None) -> list[AlphaInit] | None:
+        for x in v or []:
+            if x != "zeros":
+                _nonneg(float(x), "an alpha initializer")
+        return v
+
+
+class TrialConfig(Strict):
+    """One explicit configuration under `search.configs`."""
+
+    activation: ActivationName
+    leaky_alpha: float | None = Field(None, ge=0.0)
+    prelu_alpha_init: AlphaInit | None = None
+    prelu_shared_axes: SharedAxes | None = None
+
+    @model_validator(mode="after")
+    def _applies(self) -> TrialConfig:
+        for p, owner in PARAM_OWNER.items():
+            if getattr(self, p) is not None and owner != self.activation:
+                raise ValueError(f"{p} applies only to activation {owner!r}, not {self.activation!r}")
+        if isinstance(self.prelu_alpha_init, float) and self.prelu_alpha_init < 0:
+            raise ValueError(f"prelu_alpha_init must be >= 0 or 'zeros', got {self.prelu_alpha_init}")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return resolve_params(self.model_dump())
+
+
+class PrunerConfig(Strict):
+    name: Literal["none", "median", "hyperband", "threshold"] = "median"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _threshold(self) -> PrunerConfig:
+        if self.name == "threshold" and self.lower is None and self.upper is None:
+            raise ValueError("the threshold pruner needs `lower` or `upper`")
+        return self
+
+
+class SearchConfig(Strict):
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    n_trials: int | None = Field(None, gt=0)
+    metric: Literal["val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss"] = (
+        "val_accuracy"
+    )
+    pruner: PrunerConfig = PrunerConfig()
+    seed: int = 0
+    repeats: int = Field(1, gt=0)
+    space: SpaceConfig | None = None
+    configs: list[TrialConfig] | None = Field(None, min_length=1)
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SearchConfig:
+        if (self.space is None) == (self.configs is None):
+            raise ValueError("give exactly one of `space` (sampled) or `configs` (explicit list)")
+        if self.space is not None and self.sampler != "grid" and self.n_trials is None:
+            raise ValueError(f"the {self.sampler!r} sampler needs `n_trials`")
+        if self.sampler == "grid" and self.space is not None:
+            r = self.space.leaky_alpha
+            if isinstance(r, FloatRange) and r.step is None:
+                raise ValueError(
+                    "the grid sampler needs a list of values or a `step` for leaky_alpha"
+                )
+        return self
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.metric.endswith("loss") else "maximize"
+
+
+class StudyConfig(Strict):
+    _source: str = PrivateAttr("study")  # file (or stored config) it came from, for messages
+
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
+    dataset: DatasetConfig
+    model: Literal["seed_cnn"] = "seed_cnn"
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig
+
+    @model_validator(mode="after")
+    def _metric_needs_validation(self) -> StudyConfig:
+        if self.search.metric.startswith("val_") and self.dataset.validation_split == 0:
+            raise ValueError(
+                f"search.metric {self.search.metric!r} needs dataset.validation_split > 0"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union member names ("FloatRange", "list[float]") and tags into loc; drop them
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p[:1].isupper()))]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r}; check the spelling against the documented study keys"
+    if err["type"] == "missing":
+        return "required field is missing"
+    got = err.get("input")
+    if err["type"] in ("value_error", "assertion_error") or isinstance(got, dict):
+        return msg
+    return f"{msg}, got {got!r}"
+
+
+# a dict given where a union also allows a list (or vice versa) fails the other member with a
+# type error; it says nothing useful when the member of the right type has a real complaint
+_TYPE_ONLY = {"list_type", "dict_type", "model_type", "model_attributes_type"}
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    errors = exc.errors()
+    real = {_field_path(e["loc"]) for e in errors if e["type"] not in _TYPE_ONLY}
+    seen: dict[str, list[str]] = {}
+    for err in errors:
+        path = _field_path(err["loc"])
+        if err["type"] in _TYPE_ONLY and path in real:
+            continue
+        seen.setdefault(path, [])
+        m = _message(err)
+        if m not in seen[path]:
+            seen[path].append(m)
+    out = []
+    for path, msgs in seen.items():
+        # a value failing every member of a union yields one message per member; keep them together
+        out.append(f"{path}: {' | '.join(msgs)}")
+    return out
+
+
+def parse(data: Any, source: str) -> StudyConfig:
+    """Validate an already-parsed mapping (a study file's content or a stored config)."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"expected a mapping of study keys, got {type(data).__name__}"])
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, _problems(e)) from None
+    cfg._source = source
+    return cfg
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; the only place in `sweep` that does."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), ["file not found; expected a study YAML file such as studies/quickstart.yaml"])
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+
+
+def load(path: str | Path) -> StudyConfig:
+    """Read and validate a study file."""
+    return parse(read_yaml(path), str(path))
+
+
+def from_json(text: str, source: str) -> StudyConfig:
+    """A config stored with a study (see `sweep.study`), validated again on the way in."""
+    return parse(json.loads(text), source)

@@ -1,0 +1,156 @@
+"""Datasets: arrays in keras `load_data()` layout, scaled to [0, 1] float32 with a channel axis.
+
+Loaded once per worker (`load`), then turned into `tf.data` pipelines per trial (`pipelines`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sweep.errors import ConfigError, SweepError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from sweep.config import DatasetConfig
+
+log = logging.getLogger(__name__)
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    validation_split: float
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Train/validation arrays; like Keras' `validation_split`, validation is the last part."""
+        n_val = int(len(self.x_train) * self.validation_split)
+        cut = len(self.x_train) - n_val
+        return self.x_train[:cut], self.y_train[:cut], self.x_train[cut:], self.y_train[cut:]
+
+
+def prepare(x: np.ndarray, y: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    return x, np.asarray(y).reshape(-1).astype(np.int64)
+
+
+def read_npz(path: Path, source: str, field: str = "dataset.path") -> tuple[np.ndarray, ...]:
+    """The four arrays of a `load_data()`-layout .npz, or a ConfigError naming what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise ConfigError(
+                    source,
+                    [f"{field}: {path}: expected arrays {', '.join(NPZ_KEYS)}; missing {', '.join(missing)} "
+                     f"(found: {', '.join(f.files) or 'none'})"],
+                )
+            arrays = tuple(f[k] for k in NPZ_KEYS)
+    except (OSError, ValueError) as e:
+        raise ConfigError(source, [f"{field}: {path}: not a readable .npz file ({e})"]) from None
+    xtr, ytr, xte, yte = arrays
+    problems = []
+    if xtr.ndim not in (3, 4) or xte.shape[1:] != xtr.shape[1:]:
+        problems.append(f"{field}: x_train/x_test must be images (N, H, W[, C]) of one shape, got "
+                        f"{xtr.shape} and {xte.shape}")
+    if len(ytr.reshape(-1)) != len(xtr) or len(yte.reshape(-1)) != len(xte):
+        problems.append(f"{field}: labels must match images in count, got x_train {len(xtr)} vs "
+                        f"y_train {len(ytr)}, x_test {len(xte)} vs y_test {len(yte)}")
+    if problems:
+        raise ConfigError(source, problems)
+    return arrays
+
+
+def _keras_download(name: str) -> tuple[np.ndarray, ...]:
+    import keras
+
+    loader = getattr(keras.datasets, name)
+    try:
+        (xtr, ytr), (xte, yte) = loader.load_data()
+    except Exception as e:  # urllib/HTTP/SSL errors differ by platform; all mean "no download"
+        raise SweepError(
+            f"could not download the {name!r} dataset through keras.datasets ({type(e).__name__}: {e}). "
+            "Offline? Either set dataset.path to a local .npz in keras load_data() layout "
+            "(x_train, y_train, x_test, y_test), or use dataset name 'digits', which ships with "
+            "scikit-learn and needs no download."
+        ) from None
+    return xtr, ytr, xte, yte
+
+
+def _digits() -> tuple[np.ndarray, ...]:
+    """scikit-learn's 1,797 real 8x8 digits, upsampled to 28x28 like MNIST, split 80/20."""
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = zoom(d.images, (1, 3.5, 3.5), order=1)  # 8x8 -> 28x28, values still 0..16
+    xtr, xte, ytr, yte = train_test_split(
+        images, d.target, test_size=0.2, random_state=0, stratify=d.target
+    )
+    return xtr, ytr, xte, yte
+
+
+def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
+    """Load, cap and scale a dataset. Raises ConfigError/SweepError before anything is recorded.
+
+    `source` names the study file in messages.
+    """
+    scale = 255.0
+    if cfg.path is not None:
+        xtr, ytr, xte, yte = read_npz(cfg.path, source)
+    elif cfg.name == "digits":
+        xtr, ytr, xte, yte = _digits()
+        scale = 16.0
+    else:
+        xtr, ytr, xte, yte = _keras_download(cfg.name)
+    if cfg.train_samples is not None:
+        xtr, ytr = xtr[: cfg.train_samples], ytr[: cfg.train_samples]
+    if cfg.test_samples is not None:
+        xte, yte = xte[: cfg.test_samples], yte[: cfg.test_samples]
+    if xtr.dtype != np.uint8 and cfg.name != "digits" and float(np.max(xtr)) <= 1.0:
+        scale = 1.0  # already scaled floats
+    xtr, ytr = prepare(xtr, ytr, scale)
+    xte, yte = prepare(xte, yte, scale)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    log.info("dataset %s: %d train, %d test, input %s, %d classes",
+             cfg.name, len(xtr), len(xte), xtr.shape[1:], num_classes)
+    return Dataset(cfg.name, xtr, ytr, xte, yte, num_classes, cfg.validation_split)
+
+
+def pipelines(
+    data: Dataset, batch_size: int, seed: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, tf.data.Dataset]:
+    """Shuffled training, validation and test `tf.data` pipelines for one trial."""
+    import tensorflow as tf
+
+    xtr, ytr, xval, yval = data.split()
+    train = (
+        tf.data.Dataset.from_tensor_slices((xtr, ytr))
+        .shuffle(len(xtr), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val = None
+    if len(xval):
+        val = tf.data.Dataset.from_tensor_slices((xval, yval)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    test = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test)).batch(batch_size)
+    return train, val, test

@@ -1,0 +1,113 @@
+"""The Optuna objective: sample params, build and train the model, track the trial in MLflow.
+
+The only module that joins Optuna to Keras; models and training take plain parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from sweep import search
+from sweep.errors import ServiceError, TrialFailed
+from sweep.models import build_model
+from sweep.training import train
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweep.config import SpaceConfig, StudyConfig
+    from sweep.data import Dataset
+    from sweep.tracking import Tracker, TrialRun
+
+log = logging.getLogger(__name__)
+
+# Optuna user attributes written on each trial
+SEED = "seed"
+REPEAT = "repeat"
+CONFIG_INDEX = "config_index"
+RUN_ID = "mlflow_run_id"
+MODEL_URI = "mlflow_model_uri"
+FAIL_REASON = "fail_reason"
+INTERRUPTED = "interrupted"
+
+
+def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Everything needed to rebuild and retrain a trial's model, as logged to MLflow."""
+    return {
+        **params,
+        "seed": seed,
+        "model": cfg.model,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "dataset": cfg.dataset.name,
+        "train_samples": len(data.x_train),
+        "validation_split": cfg.dataset.validation_split,
+        **cfg.training.model_dump(),
+    }
+
+
+def _safe_end(run: TrialRun, state: str, reason: str | None = None) -> None:
+    # the trial's own outcome matters more than a tracking hiccup while recording it
+    try:
+        run.end(state, reason)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not close MLflow run %s as %s: %s", run.run_id, state, e)
+
+
+def make_objective(
+    cfg: StudyConfig,
+    data: Dataset,
+    tracker: Tracker,
+    parent_run_id: str,
+    space: SpaceConfig,
+    extra_callbacks: Callable[[Dataset, dict[str, Any]], list[Any]] | None = None,
+) -> Callable[[optuna.trial.Trial], float]:
+    """Build the objective for `study.optimize`. `extra_callbacks` adds Keras callbacks per trial."""
+    has_val = cfg.dataset.validation_split > 0
+    monitor = search.monitor(cfg.search, has_val)
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        import keras
+        import optuna
+        from optuna_integration import KerasPruningCallback
+
+        params = search.sample(trial, space)
+        seed = int(trial.user_attrs.get(SEED, cfg.search.seed + trial.number))
+        trial.set_user_attr(SEED, seed)
+        trial.set_user_attr("input_shape", list(data.input_shape))
+        trial.set_user_attr("num_classes", data.num_classes)
+        run = tracker.start_trial(parent_run_id, trial.number, run_params(cfg, data, params, seed))
+        trial.set_user_attr(RUN_ID, run.run_id)
+        try:
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(seed)
+            model = build_model(cfg.model, data.input_shape, data.num_classes, **params)
+            callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
+                         run.epoch_logger(), KerasPruningCallback(trial, monitor)]
+            result = train(model, data, cfg.training, seed, callbacks)
+            metric = cfg.search.metric
+            value = result.test[metric] if metric.startswith("test_") else result.history[metric][-1]
+            label = ", ".join(f"{k}={v}" for k, v in params.items())
+            trial.set_user_attr(MODEL_URI, run.log_result(result, model, label))
+            trial.set_user_attr("test_accuracy", result.test["test_accuracy"])
+            trial.set_user_attr("test_loss", result.test["test_loss"])
+        except optuna.TrialPruned:
+            _safe_end(run, "PRUNED")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
+            _safe_end(run, "INTERRUPTED", "interrupted by the user")
+            raise
+        except ServiceError:
+            _safe_end(run, "FAIL", "tracking service error")
+            raise
+        except Exception as e:  # noqa: BLE001 - any training error fails this trial, not the sweep
+            reason = (str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}").strip()[:2000]
+            trial.set_user_attr(FAIL_REASON, reason)
+            _safe_end(run, "FAIL", reason)
+            raise TrialFailed(reason) from e
+        run.end("COMPLETE", value=value)
+        return value
+
+    return objective

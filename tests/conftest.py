@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    if not MNIST.is_file():
+        pytest.fail(f"real MNIST expected at {MNIST} (see ../shared/data/README.md)")
+    return MNIST
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    """A few hundred synthetic 28x28 images whose class is readable from a bright band."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 2 * c + 4 : 2 * c + 6, :] = 255
+        return x, y
+
+    xtr, ytr = make(300)
+    xte, yte = make(100)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def _postgres_database() -> tuple[str, callable]:
+    """A fresh database on the test server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"sweep_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def optuna_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty Optuna storage on every backend: SQLite always, PostgreSQL when configured."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'optuna.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("SWEEP_TEST_POSTGRES_URL is not set (CI sets it)")
+    url, drop = _postgres_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # default stores are files in the cwd: keep every test's in its own folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEP_OPTUNA_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

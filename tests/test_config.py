@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import study_dict, write_study
+
+from sweep import config
+from sweep.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["quickstart", "seed-comparison", "seed-cnn-activations"])
+def test_shipped_studies_validate(name: str) -> None:
+    cfg = config.load(ROOT / "studies" / f"{name}.yaml")
+    assert cfg.study == name
+
+
+def test_seed_comparison_is_the_tutorials_four_variants() -> None:
+    cfg = config.load(ROOT / "studies" / "seed-comparison.yaml")
+    assert [c.params() for c in cfg.search.configs] == [
+        {"activation": "relu"},
+        {"activation": "leaky_relu", "leaky_alpha": 0.1},
+        {"activation": "prelu", "prelu_alpha_init": "zeros", "prelu_shared_axes": "none"},
+        {"activation": "prelu", "prelu_alpha_init": 0.25, "prelu_shared_axes": "none"},
+    ]
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.optimizer) == (25, 250, "adam")
+    assert cfg.dataset.name == "mnist" and cfg.dataset.validation_split == 0.2
+    assert cfg.search.repeats >= 3
+
+
+def test_issue_contract_example_keeps_working() -> None:
+    cfg = config.load(ROOT / "studies" / "seed-cnn-activations.yaml")
+    assert cfg.search.space.activation == ["relu", "leaky_relu", "prelu"]
+    assert cfg.search.space.leaky_alpha.log is True
+    assert cfg.search.space.prelu_alpha_init == ["zeros", 0.25]
+    assert cfg.search.direction == "maximize"
+
+
+def _problems(tmp_path: Path, data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        config.load(write_study(tmp_path, data))
+    return e.value.problems
+
+
+def test_all_problems_reported_at_once_with_field_paths(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="tpe", n_trials=3,
+                   space={"activation": ["relu", "LeakyReLU"], "leaky_alpha": {"low": -0.1, "high": 0.5}})
+    d["training"]["epochs"] = 0
+    probs = _problems(tmp_path, d)
+    text = "\n".join(probs)
+    assert "search.space.activation.1: unknown activation 'LeakyReLU'; did you mean 'leaky_relu'?" in text
+    assert "search.space.leaky_alpha" in text and "must be >= 0, got -0.1" in text
+    assert "training.epochs: Input should be greater than 0, got 0" in text
+
+
+def test_low_above_high(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, configs=None, n_trials=2,
+                   space={"activation": ["leaky_relu"], "leaky_alpha": {"low": 0.5, "high": 0.1}})
+    assert _problems(tmp_path, d) == ["search.space.leaky_alpha: low must be <= high, got low=0.5, high=0.1"]
+
+
+def test_unknown_key_and_missing_field(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz)
+    d["trainin"] = d.pop("training")
+    del d["study"]
+    probs = _problems(tmp_path, d)
+    assert "study: required field is missing" in probs
+    assert any(p.startswith("trainin: unknown key 'trainin'") for p in probs)
+
+
+def test_param_for_wrong_activation_in_configs(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, configs=[{"activation": "relu", "leaky_alpha": 0.1}])
+    assert _problems(tmp_path, d) == ["search.configs.0: leaky_alpha applies only to activation 'leaky_relu', not 'relu'"]
+
+
+def test_space_and_configs_are_exclusive(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, space={"activation": ["relu"]})
+    assert "exactly one of `space`" in _problems(tmp_path, d)[0]
+
+
+def test_grid_needs_step_for_ranges(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="grid",
+                   space={"activation": ["leaky_relu"], "leaky_alpha": {"low": 0.1, "high": 0.3}})
+    assert "grid sampler needs a list of values or a `step`" in _problems(tmp_path, d)[0]
+
+
+def test_val_metric_needs_validation_split(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz)
+    d["dataset"]["validation_split"] = 0
+    assert "needs dataset.validation_split > 0" in _problems(tmp_path, d)[0]
+
+
+def test_stored_config_roundtrip(tiny_npz: Path) -> None:
+    cfg = config.parse(study_dict(tiny_npz), "x")
+    again = config.from_json(cfg.to_json(), "stored")
+    assert again.model_dump() == cfg.model_dump()
+    assert again.source == "stored" and cfg.source == "x"
+
+
+# --- the CLI: every bad input gives one clear message, exit 2, no traceback, nothing written ---
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweep", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _bad_npz(folder: Path) -> Path:
+    p = folder / "wrong.npz"
+    np.savez(p, images=np.zeros((3, 28, 28)), labels=np.zeros(3))
+    return p
+
+
+BAD = {
+    "missing file": (None, ["nope.yaml: file not found"]),
+    "broken yaml": ("study: x\ndataset: [unclosed\n", ["line ", "invalid YAML"]),
+    "unknown key": ({"colour": "red"}, ["colour: unknown key 'colour'"]),
+    "unknown activation": ({"search": {"configs": [{"activation": "LeakyReLU"}]}},
+                           ["search.configs.0.activation: unknown activation 'LeakyReLU'; did you mean 'leaky_relu'?"]),
+    "negative slope": ({"search": {"configs": None, "n_trials": 2, "space": {
+        "activation": ["leaky_relu"], "leaky_alpha": {"low": -0.1, "high": 0.5}}}},
+        ["search.space.leaky_alpha", "must be >= 0, got -0.1"]),
+    "low above high": ({"search": {"configs": None, "n_trials": 2, "space": {
+        "activation": ["leaky_relu"], "leaky_alpha": {"low": 0.5, "high": 0.1}}}},
+        ["search.space.leaky_alpha: low must be <= high, got low=0.5, high=0.1"]),
+    "unknown dataset": ({"dataset": {"name": "imagenet"}},
+                        ["dataset.name: Input should be 'mnist', 'fashion_mnist', 'cifar10', 'digits' or 'npz', got 'imagenet'"]),
+    "missing path": ({"dataset": {"name": "mnist", "path": "no/such.npz"}},
+                     ["dataset.path: file not found: 'no/such.npz'"]),
+    "wrong arrays": ("WRONG_NPZ", ["dataset.path: ", "wrong.npz: expected arrays x_train, y_train, x_test, y_test; missing x_train",
+                                  "(found: images, labels)"]),
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_cli_bad_input(case: str, tmp_path: Path, tiny_npz: Path) -> None:
+    content, expected = BAD[case]
+    if content is None:
+        target = "nope.yaml"
+    else:
+        if content == "WRONG_NPZ":
+            content = {"dataset": {"name": "npz", "path": str(_bad_npz(tmp_path))}}
+        text = content if isinstance(content, str) else yaml.safe_dump(
+            {k: v for k, v in _merge(study_dict(tiny_npz), content).items()})
+        (tmp_path / "bad.yaml").write_text(text)
+        target = "bad.yaml"
+    r = _run_cli("run", target, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    for piece in expected:
+        assert piece in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: {target}"), r.stderr
+    written = {p.name for p in tmp_path.iterdir()} - {"bad.yaml", "tiny.npz", "wrong.npz"}
+    assert written == set(), f"stores written on bad input: {written}"
