@@ -9,7 +9,9 @@ from __future__ import annotations
 from sweep.config import StudyConfig, load as load_config
 from sweep.errors import ConfigError, ServiceError, SweepError
 from sweep.models import build_model
+from sweep.reporting import report
 from sweep.results import best_config, trials
+from sweep.stats import compare
 from sweep.study import run
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "SweepError",
     "best_config",
     "build_model",
+    "compare",
     "load_config",
+    "report",
     "run",
     "trials",
 ]

@@ -40,6 +40,8 @@ class _DropTraceback(logging.Filter):
 
 def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # MLflow prints a "View run" URL per run over HTTP; our trial line already names the run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
@@ -71,6 +73,7 @@ def run(
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials now"),
+    config: Optional[str] = typer.Option(None, "--config", help="settings file [env SWEEP_CONFIG; default ./mlflow.yaml]"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run, resume or join a study; one line per finished trial."""
@@ -78,7 +81,8 @@ def run(
     with _guard():
         from sweep.study import run as run_study
 
-        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials)
+        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
+                      progress_bar=sys.stderr.isatty())
         log.info("done: %d trials in study %s; `sweep best %s` shows the best", len(s.trials),
                  s.study_name, s.study_name)
 
@@ -120,6 +124,69 @@ def trials(
     keep = [c for c in ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init",
                         "prelu_shared_axes", "seed", "mlflow_run_id", "fail_reason") if c in df]
     typer.echo(df[keep].to_string(index=False))
+
+
+MetricOpt = typer.Option("test_accuracy", "--metric", help="test_accuracy, test_loss, or the study's own metric")
+BaselineOpt = typer.Option(None, "--baseline", help="configuration to compare against [default: relu, else the first]")
+
+
+@app.command()
+def compare(
+    study: str = typer.Argument(..., help="study name"),
+    metric: str = MetricOpt,
+    baseline: Optional[str] = BaselineOpt,
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Per configuration over repeats: n, mean ± std, 95% CI; vs baseline: difference, CI, p (Welch)."""
+    with _guard():
+        from sweep.stats import compare as compare_configs, format_comparison
+
+        result = compare_configs(study, storage=storage, metric=metric, baseline=baseline)
+    typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
+
+
+@app.command()
+def report(
+    study: str = typer.Argument(..., help="study name"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="folder to write [default: reports/STUDY]"),
+    metric: str = MetricOpt,
+    baseline: Optional[str] = BaselineOpt,
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.reporting import report as write_report
+
+        folder = write_report(study, out=out, storage=storage, tracking_uri=tracking_uri, metric=metric,
+                              baseline=baseline)
+    typer.echo(str(folder / "report.md"))
+
+
+@app.command()
+def server(
+    config: Optional[str] = typer.Option(None, "--config", help="settings file [default ./mlflow.yaml]"),
+    host: Optional[str] = typer.Option(None, "--host", help="interface to bind [default 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535),
+    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri"),
+    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1),
+) -> None:
+    """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
+    _setup_logging(False)
+    with _guard():
+        from sweep.server import serve
+        from sweep.storage import resolve, settings
+
+        s = settings(config)
+        flags = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
+                 "artifacts_destination": artifacts_destination, "workers": workers}
+        server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
+        code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
+    raise typer.Exit(code)
 
 
 def main() -> None:

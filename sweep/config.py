@@ -7,6 +7,8 @@ no raw dict travels past this module.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -209,6 +211,14 @@ class SearchConfig(Strict):
         return "minimize" if self.metric.endswith("loss") else "maximize"
 
 
+class DiagnosticsConfig(Strict):
+    """Per-trial diagnostics (sweep/diagnostics.py); they observe training and never change it."""
+
+    dead_units: bool = True  # per epoch: fraction of units never positive on a fixed probe batch
+    probe_samples: int = Field(256, gt=0)  # size of that probe batch (validation data first)
+    prelu_alphas: bool = True  # after training: learned PReLU alphas, summary metrics and histogram
+
+
 class StudyConfig(Strict):
     _source: str = PrivateAttr("study")  # file (or stored config) it came from, for messages
 
@@ -217,6 +227,7 @@ class StudyConfig(Strict):
     model: Literal["seed_cnn"] = "seed_cnn"
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     @model_validator(mode="after")
     def _metric_needs_validation(self) -> StudyConfig:
@@ -288,11 +299,11 @@ def parse(data: Any, source: str) -> StudyConfig:
     return cfg
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, what: str = "a study YAML file such as studies/quickstart.yaml") -> Any:
     """Parse a YAML file; the only place in `sweep` that does."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(str(path), ["file not found; expected a study YAML file such as studies/quickstart.yaml"])
+        raise ConfigError(str(path), [f"file not found; expected {what}"])
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -310,3 +321,66 @@ def load(path: str | Path) -> StudyConfig:
 def from_json(text: str, source: str) -> StudyConfig:
     """A config stored with a study (see `sweep.study`), validated again on the way in."""
     return parse(json.loads(text), source)
+
+
+# --- mlflow.yaml: where the tracking server and both stores live -----------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ServerSettings(Strict):
+    """`sweep server`: the MLflow tracking server process."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=1, le=65535)
+    backend_store_uri: str = "sqlite:///sweep-mlflow.db"
+    artifacts_destination: str = "./sweep-artifacts"
+    workers: int = Field(1, ge=1, le=64)
+    job_execution: bool = False
+    basic_auth: bool = False
+    allowed_hosts: str | None = None
+
+
+class ServiceSettings(Strict):
+    """The content of mlflow.yaml."""
+
+    tracking_uri: str | None = None
+    optuna_storage: str | None = None
+    server: ServerSettings = ServerSettings()
+
+
+def _expand(value: Any, path: str, problems: list[str]) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in strings with the environment's values."""
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}.{i}", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set (referenced as ${{{name}}}); "
+                        "export it or put it in .env")
+        return m.group(0)
+
+    return _ENV_REF.sub(sub, value)
+
+
+def load_settings(path: str | Path) -> ServiceSettings:
+    """Read mlflow.yaml, expanding `${VAR}` references from the environment."""
+    raw = read_yaml(path, what="an mlflow.yaml settings file") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [f"expected a mapping of settings, got {type(raw).__name__}"])
+    problems: list[str] = []
+    expanded = _expand(raw, "", problems)
+    if problems:
+        raise ConfigError(str(path), problems)
+    try:
+        return ServiceSettings.model_validate(expanded)
+    except ValidationError as e:
+        raise ConfigError(str(path), _problems(e)) from None

@@ -6,11 +6,14 @@ The only module that joins Optuna to Keras; models and training take plain param
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sweep import search
+from sweep import diagnostics, search
 from sweep.errors import ServiceError, TrialFailed
-from sweep.models import build_model
+from sweep.models import ACTIVATION_LAYERS, build_model
+from sweep.storage import mask
 from sweep.training import train
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ RUN_ID = "mlflow_run_id"
 MODEL_URI = "mlflow_model_uri"
 FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"
+SURPLUS = "surplus"
 
 
 def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -62,8 +66,10 @@ def make_objective(
     parent_run_id: str,
     space: SpaceConfig,
     extra_callbacks: Callable[[Dataset, dict[str, Any]], list[Any]] | None = None,
+    explicit_plan: bool = False,
 ) -> Callable[[optuna.trial.Trial], float]:
-    """Build the objective for `study.optimize`. `extra_callbacks` adds Keras callbacks per trial."""
+    """Build the objective for `study.optimize`. `extra_callbacks` adds Keras callbacks per trial;
+    with `explicit_plan`, only enqueued trials are trained."""
     has_val = cfg.dataset.validation_split > 0
     monitor = search.monitor(cfg.search, has_val)
 
@@ -72,26 +78,39 @@ def make_objective(
         import optuna
         from optuna_integration import KerasPruningCallback
 
+        if explicit_plan and CONFIG_INDEX not in trial.user_attrs:
+            # another worker took the last planned trial between our check and this ask()
+            trial.set_user_attr(SURPLUS, True)
+            trial.study.stop()
+            raise optuna.TrialPruned("no planned configuration left for this worker")
         params = search.sample(trial, space)
         seed = int(trial.user_attrs.get(SEED, cfg.search.seed + trial.number))
         trial.set_user_attr(SEED, seed)
         trial.set_user_attr("input_shape", list(data.input_shape))
         trial.set_user_attr("num_classes", data.num_classes)
-        run = tracker.start_trial(parent_run_id, trial.number, run_params(cfg, data, params, seed))
+        run = tracker.start_trial(parent_run_id, trial.number, run_params(cfg, data, params, seed),
+                                  label="-".join(str(v) for v in params.values()))
         trial.set_user_attr(RUN_ID, run.run_id)
         try:
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
             model = build_model(cfg.model, data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
+                         *diagnostics.callbacks(cfg.diagnostics, data, ACTIVATION_LAYERS[cfg.model]),
                          run.epoch_logger(), KerasPruningCallback(trial, monitor)]
             result = train(model, data, cfg.training, seed, callbacks)
             metric = cfg.search.metric
             value = result.test[metric] if metric.startswith("test_") else result.history[metric][-1]
             label = ", ".join(f"{k}={v}" for k, v in params.items())
             trial.set_user_attr(MODEL_URI, run.log_result(result, model, label))
-            trial.set_user_attr("test_accuracy", result.test["test_accuracy"])
-            trial.set_user_attr("test_loss", result.test["test_loss"])
+            if cfg.diagnostics.prelu_alphas:
+                with tempfile.TemporaryDirectory() as tmp:
+                    alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), ACTIVATION_LAYERS[cfg.model])
+                    run.log_extra(alphas, files, "diagnostics", step=len(result.epoch_seconds))
+            for k, v in result.test.items():
+                trial.set_user_attr(k, v)
+            if result.epoch_seconds:
+                trial.set_user_attr("mean_epoch_seconds", sum(result.epoch_seconds) / len(result.epoch_seconds))
         except optuna.TrialPruned:
             _safe_end(run, "PRUNED")
             raise
@@ -103,7 +122,7 @@ def make_objective(
             _safe_end(run, "FAIL", "tracking service error")
             raise
         except Exception as e:  # noqa: BLE001 - any training error fails this trial, not the sweep
-            reason = (str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}").strip()[:2000]
+            reason = mask((str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}").strip()[:2000])
             trial.set_user_attr(FAIL_REASON, reason)
             _safe_end(run, "FAIL", reason)
             raise TrialFailed(reason) from e

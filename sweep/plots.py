@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily with a headless backend
+def pyplot():  # noqa: ANN201 - matplotlib.pyplot, imported lazily with a headless backend
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +16,7 @@ def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily with a headl
 
 def curve(history: dict[str, list[float]], metric: str, title: str, path: Path) -> Path:
     """Plot `metric` and `val_<metric>` against epoch and save a PNG at `path`."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
         if key in history:

@@ -16,7 +16,7 @@ from sweep import data as data_mod
 from sweep import objective as obj
 from sweep import search
 from sweep.errors import ConfigError, SweepError, TrialFailed
-from sweep.storage import Stores, mask, optuna_storage, resolve
+from sweep.storage import Stores, check_tracking, mask, optuna_storage, resolve, study_lock
 from sweep.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -64,10 +64,9 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     return config_mod.parse(raw, f"study {study.study_name!r} (stored config)")
 
 
-def _open(cfg: StudyConfig, stores: Stores) -> optuna.Study:
+def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage) -> optuna.Study:
     import optuna
 
-    rdb = optuna_storage(stores.optuna)
     new = cfg.model_dump(mode="json")
     try:
         study = optuna.load_study(study_name=cfg.study, storage=rdb)
@@ -77,6 +76,8 @@ def _open(cfg: StudyConfig, stores: Stores) -> optuna.Study:
         )
     old = study.user_attrs.get(CONFIG_ATTR)
     if old is not None:
+        # validated again so sections added to sweep since (with defaults) are not "changes"
+        old = config_mod.parse(old, f"study {cfg.study!r} (stored config)").model_dump(mode="json")
         changed = [f for f in _diff(old, new) if f not in RESUMABLE_CHANGES]
         if changed:
             raise ConfigError(
@@ -129,6 +130,27 @@ def _enqueue_plan(study: optuna.Study, configs: list[dict[str, Any]], cfg: Study
     return waiting
 
 
+def _stop_when_done(cfg: StudyConfig, explicit_plan: bool) -> Any:
+    """Stop this worker once the study's budget is used by all workers together.
+
+    Optuna's MaxTrialsCallback counts states only; interrupted trials (FAIL) must not count, and
+    a plan is done when its queue is empty.
+    """
+    from optuna.trial import TrialState
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if explicit_plan:
+            done = not any(t.state == TrialState.WAITING for t in trials)
+        else:
+            busy = sum(_counts_against_budget(t) or t.state == TrialState.RUNNING for t in trials)
+            done = busy >= (cfg.search.n_trials or 0)
+        if done:
+            study.stop()
+
+    return callback
+
+
 def _trial_line(metric: str) -> Any:
     started = time.monotonic()
 
@@ -159,31 +181,37 @@ def run(
     n_trials: int | None = None,
     dataset: data_mod.Dataset | None = None,
     extra_callbacks: Any = None,
+    config: str | Path | None = None,
+    progress_bar: bool = False,
 ) -> optuna.Study:
     """Run (or resume, or join) a study.
 
     `study` is a study file path, a validated `StudyConfig`, or the name of a study already in
-    `storage` (its stored config is used). `n_trials` caps the trials this call runs.
+    `storage` (its stored config is used). `n_trials` caps the trials this call runs. `config`
+    is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence).
     Everything is validated and the data loaded before either store is written.
     """
-    stores = resolve(storage=storage, tracking_uri=tracking_uri)
+    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     cfg = _config_for(study, stores)
     data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
 
-    opt_study = _open(cfg, stores)
-    tracker = Tracker(stores.tracking, cfg.study)
-    parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
-    opt_study.set_user_attr(PARENT_ATTR, parent)
-
-    configs = search.plan(cfg.search)
-    if configs is not None:
-        space = search.space_of(configs)
-        todo = _enqueue_plan(opt_study, configs, cfg)
-    else:
-        assert cfg.search.space is not None and cfg.search.n_trials is not None
-        space = cfg.search.space
-        done = sum(_counts_against_budget(t) for t in opt_study.get_trials(deepcopy=False))
-        todo = cfg.search.n_trials - done
+    check_tracking(stores.tracking)
+    rdb = optuna_storage(stores.optuna)
+    # workers joining at once must not each create a parent run or enqueue the plan again
+    with study_lock(stores.optuna, cfg.study):
+        opt_study = _open(cfg, stores, rdb)
+        tracker = Tracker(stores.tracking, cfg.study)
+        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
+        opt_study.set_user_attr(PARENT_ATTR, parent)
+        configs = search.plan(cfg.search)
+        if configs is not None:
+            space = search.space_of(configs)
+            todo = _enqueue_plan(opt_study, configs, cfg)
+        else:
+            assert cfg.search.space is not None and cfg.search.n_trials is not None
+            space = cfg.search.space
+            done = sum(_counts_against_budget(t) for t in opt_study.get_trials(deepcopy=False))
+            todo = cfg.search.n_trials - done
     if n_trials is not None:
         todo = min(todo, n_trials)
     if todo <= 0:
@@ -193,13 +221,15 @@ def run(
     opt_study.sampler = search.make_sampler(cfg.search, offset=len(opt_study.trials))
     opt_study.pruner = search.make_pruner(cfg.search)
     log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s", cfg.study, todo, stores, parent)
-    objective = obj.make_objective(cfg, data, tracker, parent, space, extra_callbacks)
+    objective = obj.make_objective(cfg, data, tracker, parent, space, extra_callbacks,
+                                   explicit_plan=configs is not None)
     opt_study.optimize(
         objective,
         n_trials=todo,
         catch=(TrialFailed,),
-        callbacks=[_trial_line(cfg.search.metric)],
+        callbacks=[_trial_line(cfg.search.metric), _stop_when_done(cfg, configs is not None)],
         gc_after_trial=True,
+        show_progress_bar=progress_bar,
     )
     return opt_study
 

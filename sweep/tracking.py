@@ -103,10 +103,10 @@ class Tracker:
         self.client.log_text(run.info.run_id, json.dumps(config, indent=2), "study_config.json")
         return run.info.run_id
 
-    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any]) -> TrialRun:
+    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str) -> TrialRun:
+        """A child run named `trial-N-<label>` with every param logged in one batch."""
         from mlflow.entities import Param
 
-        label = "-".join(f"{v}" for v in params.values() if v is not None)
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial_number}-{label}"[:250],
@@ -177,21 +177,16 @@ class TrialRun:
         import keras
         import mlflow
         import tensorflow as tf
-        from mlflow.entities import Metric
         from mlflow.models import Model
 
         from sweep.plots import training_curves
 
-        ts = _now_ms()
         epochs = max((len(v) for v in result.history.values()), default=0)
-        metrics = [Metric(k, v, ts, epochs) for k, v in result.test.items()]
+        metrics = dict(result.test)
         if result.epoch_seconds:
-            mean = sum(result.epoch_seconds) / len(result.epoch_seconds)
-            metrics.append(Metric("mean_epoch_seconds", mean, ts, epochs))
-        self.client.log_batch(self.run_id, metrics=metrics)
+            metrics["mean_epoch_seconds"] = sum(result.epoch_seconds) / len(result.epoch_seconds)
         with tempfile.TemporaryDirectory() as tmp:
-            for png in training_curves(result.history, label, Path(tmp)):
-                self.client.log_artifact(self.run_id, str(png), "plots")
+            self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=epochs)
         # Created through the client so it lands in this study's experiment, not the fluent
         # API's current one; explicit requirements: inferring them costs ~5 s per model.
         logged = self.client.create_logged_model(
@@ -209,6 +204,16 @@ class TrialRun:
         )
         self.client.set_tag(self.run_id, "sweep.model_uri", info.model_uri)
         return info.model_uri
+
+    def log_extra(self, metrics: dict[str, float], files: list[Path], artifact_dir: str, step: int = 0) -> None:
+        """Metrics computed after training (one `log_batch`) and files under `artifact_dir`."""
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        for f in files:
+            self.client.log_artifact(self.run_id, str(f), artifact_dir)
 
     def end(self, state: str, reason: str | None = None, value: float | None = None) -> None:
         """Tag the Optuna state (and reason) and terminate with the matching MLflow status."""

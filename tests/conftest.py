@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import skip_or_fail_without_postgres, postgres_database
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,24 +40,6 @@ def tiny_npz(tmp_path: Path) -> Path:
     return path
 
 
-def _postgres_database() -> tuple[str, callable]:
-    """A fresh database on the test server, dropped afterwards."""
-    import sqlalchemy as sa
-
-    name = f"sweep_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -68,8 +50,8 @@ def optuna_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         yield f"sqlite:///{tmp_path / 'optuna.db'}"
         return
     if not POSTGRES_URL:
-        pytest.skip("SWEEP_TEST_POSTGRES_URL is not set (CI sets it)")
-    url, drop = _postgres_database()
+        skip_or_fail_without_postgres()
+    url, drop = postgres_database(POSTGRES_URL)
     yield url
     drop()
 

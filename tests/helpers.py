@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -32,3 +33,35 @@ def write_study(folder: Path, data: dict[str, Any], name: str = "study.yaml") ->
     path = folder / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def postgres_database(server_url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database on the test server and the function that drops it."""
+    import sqlalchemy as sa
+
+    from sweep.storage import db_url
+
+    server_url = db_url(server_url)
+    name = f"sweep_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def skip_or_fail_without_postgres() -> None:
+    """Postgres tests skip on a laptop without SWEEP_TEST_POSTGRES_URL, and fail in CI."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("CI=true but SWEEP_TEST_POSTGRES_URL is not set: the PostgreSQL tests must run in CI")
+    pytest.skip("SWEEP_TEST_POSTGRES_URL is not set (CI sets it)")

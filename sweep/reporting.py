@@ -1,0 +1,289 @@
+"""`sweep report`: a self-contained folder (report.md + PNGs + CSV) for one study.
+
+Curves are read back from MLflow (`MlflowClient.get_metric_history`), trials and Optuna's own
+plots from the study; the same files are then logged as artifacts of the study's parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from sweep import diagnostics
+from sweep.errors import SweepError
+from sweep.models import ACTIVATION_LAYERS
+from sweep.stats import compare_study, format_comparison, trial_samples
+from sweep.storage import mask, resolve
+from sweep.study import PARENT_ATTR, load_study, stored_config
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "report"
+REPORT = "report.md"
+TABLE = "comparison.csv"
+FIGURES = {
+    "accuracy.png": "Accuracy per epoch, training and validation",
+    "loss.png": "Loss per epoch, training and validation",
+    "dead_fraction.png": "Units never positive on the probe batch, per activation layer",
+    "prelu_alphas.png": "Learned PReLU alphas, pooled over repeats",
+    "optuna_history.png": "Optuna: optimization history",
+    "optuna_importances.png": "Optuna: parameter importances",
+    "optuna_parallel_coordinate.png": "Optuna: parallel coordinates",
+    "optuna_slice.png": "Optuna: slice plot of the activation parameters",
+}
+CURVES = ("accuracy", "loss")
+# line style and marker per configuration, so configurations with equal curves stay visible
+STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"))
+
+
+def _histories(client: MlflowClient, frame: pd.DataFrame, run_ids: dict[int, str],
+               keys: list[str]) -> dict[str, dict[str, list[np.ndarray]]]:
+    """{config: {metric key: [per-epoch values of each repeat]}} from MLflow, ordered by step."""
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for row in frame.itertuples(index=False):
+        per_key = out.setdefault(row.config, {})
+        for key in keys:
+            hist = sorted(client.get_metric_history(run_ids[row.trial], key), key=lambda m: m.step)
+            if hist:
+                per_key.setdefault(key, []).append(np.array([m.value for m in hist]))
+    return out
+
+
+def _band(ax: Any, runs: list[np.ndarray], label: str, color: Any, style: tuple[str, str]) -> None:
+    """Mean over repeats with a ±1 std band (repeats of different length are NaN-padded)."""
+    width = max(len(r) for r in runs)
+    grid = np.full((len(runs), width), np.nan)
+    for i, r in enumerate(runs):
+        grid[i, : len(r)] = r
+    epochs = np.arange(1, width + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with one repeat: std is NaN
+        mean, std = np.nanmean(grid, axis=0), np.nanstd(grid, axis=0, ddof=1)
+    ax.plot(epochs, mean, linestyle=style[0], marker=style[1], markersize=4, color=color,
+            label=f"{label} (n={len(runs)})")
+    if len(runs) > 1:
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def _panels(plt: Any, hist: dict[str, dict[str, list[np.ndarray]]], colors: dict[str, Any],
+            panels: list[tuple[str, str]], ylabel: str, title: str, path: Path,
+            ylim: tuple[float, float] | None = None) -> Path | None:
+    """One panel per (metric key, panel title), one band per configuration. None if no data."""
+    if not any(key in h for h in hist.values() for key, _ in panels):
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), dpi=100,
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, (key, name) in zip(axes[0], panels):
+        for config, h in hist.items():
+            if key in h:
+                _band(ax, h[key], config, colors[config], STYLES[list(hist).index(config) % len(STYLES)])
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ylim:
+            ax.set_ylim(*ylim)
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9)
+    fig.suptitle(title)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _alphas(client: MlflowClient, frame: pd.DataFrame, run_ids: dict[int, str]) -> dict[str, dict[str, np.ndarray]]:
+    """PReLU alphas logged by each trial, pooled per configuration and layer."""
+    name = diagnostics.ALPHA_FILES[0]
+    pooled: dict[str, dict[str, list[np.ndarray]]] = {}
+    # one progress bar per small download is noise on the terminal; respect an explicit setting
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")}
+    with tempfile.TemporaryDirectory() as tmp, _env(quiet):
+        for row in frame.itertuples(index=False):
+            rid = run_ids[row.trial]
+            if f"diagnostics/{name}" not in {a.path for a in client.list_artifacts(rid, "diagnostics")}:
+                continue
+            local = client.download_artifacts(rid, f"diagnostics/{name}", tmp)
+            with np.load(local) as f:
+                for layer in f.files:
+                    pooled.setdefault(row.config, {}).setdefault(layer, []).append(f[layer])
+    return {c: {layer: np.concatenate(v) for layer, v in layers.items()} for c, layers in pooled.items()}
+
+
+def _optuna_plot(plt: Any, draw: Callable[[], Any], study: str, path: Path) -> Path:
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        # experimental API, and degenerate-data notes (equal values, one trial) a report can live with
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        ax = draw()
+        first = np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax
+        fig = first.figure
+        if fig.get_suptitle():
+            fig.suptitle(f"{study}: {fig.get_suptitle()}")
+        else:  # Optuna titles some plots on the left, others in the centre
+            loc = next((x for x in ("left", "center", "right") if first.get_title(loc=x)), "center")
+            first.set_title(f"{study}: {first.get_title(loc=loc)}", loc=loc)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _optuna_figures(plt: Any, study: optuna.Study, target: str, folder: Path) -> tuple[list[Path], list[str]]:
+    import optuna.visualization.matplotlib as ov
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    common = sorted(set.intersection(*(set(t.params) for t in done))) if done else []
+    jobs = {
+        "optuna_history.png": lambda: ov.plot_optimization_history(study, target_name=target),
+        "optuna_importances.png": lambda: ov.plot_param_importances(study, target_name=target),
+        # conditional parameters exist only in some trials; parallel coordinates need all of them
+        "optuna_parallel_coordinate.png": lambda: ov.plot_parallel_coordinate(study, params=common,
+                                                                               target_name=target),
+        "optuna_slice.png": lambda: ov.plot_slice(study, target_name=target),
+    }
+    made, missing = [], []
+    for name, draw in jobs.items():
+        try:
+            made.append(_optuna_plot(plt, draw, study.study_name, folder / name))
+        except Exception as e:  # noqa: BLE001 - e.g. importances need two trials that differ
+            plt.close("all")
+            missing.append(f"{name}: Optuna could not draw it ({type(e).__name__}: {e})")
+    return made, missing
+
+
+def _dead_table(hist: dict[str, dict[str, list[np.ndarray]]], layers: tuple[str, ...]) -> str:
+    rows = ["| configuration | " + " | ".join(layers) + " |", "|---|" + "--:|" * len(layers)]
+    for config, h in hist.items():
+        cells = []
+        for layer in layers:
+            runs = h.get(f"{diagnostics.DEAD_PREFIX}{layer}", [])
+            cells.append(f"{np.mean([r[-1] for r in runs]):.3f}" if runs else "n/a")
+        rows.append(f"| {config} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _alpha_table(alphas: dict[str, dict[str, np.ndarray]]) -> str:
+    rows = ["| configuration | layer | alphas (all repeats) | mean | min | max |", "|---|---|--:|--:|--:|--:|"]
+    for config, layers in alphas.items():
+        for layer, a in layers.items():
+            rows.append(f"| {config} | {layer} | {a.size} | {a.mean():.4f} | {a.min():.4f} | {a.max():.4f} |")
+    return "\n".join(rows)
+
+
+def report(study: str, out: str | Path | None = None, storage: str | None = None,
+           tracking_uri: str | None = None, metric: str = "test_accuracy",
+           baseline: str | None = None) -> Path:
+    """Write the study's report folder (default `reports/<study>`) and log it to its parent run.
+
+    Returns the folder; `report.md` in it links every figure.
+    """
+    from mlflow import MlflowClient
+
+    from sweep.plots import pyplot
+
+    stores = resolve(storage, tracking_uri)
+    s = load_study(study, stores.optuna)
+    cfg = stored_config(s)
+    parent = s.user_attrs.get(PARENT_ATTR)
+    if not parent:
+        raise SweepError(f"study {study!r} has no MLflow parent run recorded; run it with `sweep run` first")
+    comparison = compare_study(s, metric, baseline)
+    frame, _, _ = trial_samples(s, metric)
+    run_ids = {t.number: t.user_attrs["mlflow_run_id"] for t in s.get_trials(deepcopy=False)
+               if "mlflow_run_id" in t.user_attrs}
+    folder = Path(out) if out is not None else Path("reports") / study
+    folder.mkdir(parents=True, exist_ok=True)
+
+    client = MlflowClient(stores.tracking)
+    layers = ACTIVATION_LAYERS[cfg.model]
+    dead_keys = [f"{diagnostics.DEAD_PREFIX}{layer}" for layer in layers]
+    try:
+        hist = _histories(client, frame, run_ids, [*CURVES, *(f"val_{k}" for k in CURVES), *dead_keys])
+        alphas = _alphas(client, frame, run_ids)
+    except Exception as e:  # mlflow raises MlflowException, requests and SQLAlchemy errors
+        raise SweepError(f"reading study {study!r}'s runs from MLflow at {mask(stores.tracking)} failed: "
+                         f"{mask(str(e).splitlines()[0])}. Pass the --tracking-uri the study was run with.") from None
+    plt = pyplot()
+    colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(hist)}
+    band = "mean over repeats, band ± 1 std"
+    made: list[Path | None] = [
+        _panels(plt, hist, colors, [(k, "training"), (f"val_{k}", "validation")], k,
+                f"{cfg.study}: {k} per epoch ({band})", folder / f"{k}.png") for k in CURVES
+    ]
+    made.append(_panels(plt, hist, colors, [(k, k.removeprefix(diagnostics.DEAD_PREFIX)) for k in dead_keys],
+                        "fraction of units never positive", f"{cfg.study}: dying units per epoch ({band})",
+                        folder / "dead_fraction.png", ylim=(-0.02, 1.02)))
+    if alphas:
+        made.append(diagnostics.alpha_histogram(alphas, f"{cfg.study}: learned PReLU alphas (pooled over repeats)",
+                                                folder / "prelu_alphas.png", colors))
+    optuna_made, missing = _optuna_figures(plt, s, cfg.search.metric, folder)
+    files = [p for p in made if p is not None] + optuna_made
+    names = {p.name for p in files}
+    missing = [f"{n}: no data (dead-unit diagnostics off, or no PReLU configuration)"
+               for n in ("dead_fraction.png", "prelu_alphas.png") if n not in names] + missing
+
+    comparison.table.to_csv(folder / TABLE, index=False)
+    text = [
+        f"# Study `{cfg.study}`", "",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `sweep report`. "
+        f"{len(frame)} complete trial(s) of {len(s.trials)}; dataset `{cfg.dataset.name}`"
+        f"{f' (train_samples={cfg.dataset.train_samples})' if cfg.dataset.train_samples else ''}, "
+        f"{cfg.training.epochs} epochs, batch {cfg.training.batch_size}, {cfg.training.optimizer} "
+        f"lr={cfg.training.learning_rate}, {cfg.search.repeats} repeat(s) per configuration.",
+        "", f"Optuna storage `{mask(stores.optuna)}`; MLflow `{mask(stores.tracking)}`, parent run `{parent}`.",
+        "", "## Comparison", "", format_comparison(comparison, markdown=True), f"Table as CSV: [{TABLE}]({TABLE})",
+    ]
+    sections = {"accuracy.png": "## Training curves", "dead_fraction.png": "## Dying units",
+                "prelu_alphas.png": "## PReLU alphas", "optuna_history.png": "## Optuna"}
+    for name, caption in FIGURES.items():
+        if name in sections:
+            text += ["", sections[name]]
+        if name == "dead_fraction.png" and name in names:
+            text += ["", f"Final-epoch fraction of units (channels for convolutions) never positive on "
+                         f"{cfg.diagnostics.probe_samples} probe images, mean over repeats:", "",
+                     _dead_table(hist, layers)]
+        if name == "prelu_alphas.png" and alphas:
+            text += ["", _alpha_table(alphas)]
+        if name in names:
+            text += ["", f"![{caption}]({name})"]
+    if missing:
+        text += ["", "## Not produced", "", *(f"- {m}" for m in missing)]
+    (folder / REPORT).write_text("\n".join(text) + "\n")
+
+    for p in [folder / REPORT, folder / TABLE, *files]:
+        client.log_artifact(parent, str(p), ARTIFACT_DIR)
+    log.info("report for %s: %s (%d files), logged to MLflow run %s under %s/", study, folder,
+             len(files) + 2, parent, ARTIFACT_DIR)
+    return folder

@@ -1,0 +1,165 @@
+"""`sweep server`: a real `mlflow server` process, configured from mlflow.yaml.
+
+Starting means: check the port and the databases, migrate both schemas with the libraries' own
+tools (`mlflow db upgrade`, Optuna's `RDBStorage.upgrade`), launch, and wait for `/health`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweep.errors import ConfigError, ServiceError
+from sweep.storage import check_database, db_url, mask
+
+if TYPE_CHECKING:
+    from sweep.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def _tool(name: str) -> list[str]:
+    """A console script installed beside this Python (mlflow, optuna)."""
+    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    return [exe] if exe else [sys.executable, "-m", name]
+
+
+def _run_tool(args: list[str], shown: str) -> None:
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = mask("\n".join((r.stderr or r.stdout).strip().splitlines()[-5:]))
+        raise ServiceError(f"`{shown}` failed:\n{tail}")
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ServiceError(
+                f"cannot serve on {host}:{port}: {e.strerror or e}. Another process (another MLflow "
+                "server?) holds the port: stop it, or pick another with --port / server.port."
+            ) from None
+
+
+def _check_backend(uri: str) -> str:
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in SQL_SCHEMES:
+        raise ConfigError(
+            "server.backend_store_uri",
+            [f"expected a database URI (sqlite:///file.db or postgresql://user:pass@host:5432/db), "
+             f"got {mask(uri)!r}"],
+        )
+    uri = db_url(uri)
+    check_database(uri, "MLflow backend store")
+    return uri
+
+
+def migrate(backend_uri: str, optuna_storage: str | None) -> None:
+    """Create or upgrade both schemas with MLflow's and Optuna's own migrations."""
+    # subprocesses: both run alembic, whose logging set-up would silence ours
+    _run_tool([*_tool("mlflow"), "db", "upgrade", backend_uri], f"mlflow db upgrade {mask(backend_uri)}")
+    if optuna_storage and optuna_storage.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES:
+        url = db_url(optuna_storage)
+        check_database(url, "Optuna storage")
+        # what `optuna storage upgrade` runs, after RDBStorage has created the tables of a new
+        # database (the CLI alone fails on an empty one)
+        code = ("import sys, optuna; "
+                "optuna.storages.RDBStorage(sys.argv[1], skip_compatibility_check=True).upgrade()")
+        _run_tool([sys.executable, "-c", code, url], f"optuna storage upgrade --storage {mask(url)}")
+
+
+def command(s: ServerSettings, backend_uri: str) -> list[str]:
+    cmd = [*_tool("mlflow"), "server", "--host", s.host, "--port", str(s.port),
+           "--backend-store-uri", backend_uri, "--serve-artifacts",
+           "--artifacts-destination", s.artifacts_destination, "--workers", str(s.workers)]
+    if s.allowed_hosts:
+        cmd += ["--allowed-hosts", s.allowed_hosts]
+    if s.basic_auth:
+        cmd += ["--app-name", "basic-auth"]
+    return cmd
+
+
+def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path | None = None,
+          timeout: float = 120.0) -> Server:
+    """Validate, migrate, launch `mlflow server` and wait until `/health` answers."""
+    check_port(s.host, s.port)
+    backend = _check_backend(s.backend_store_uri)
+    migrate(backend, optuna_storage)
+    dest = s.artifacts_destination
+    if "://" not in dest:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    log_path = log_path or Path(f"mlflow-server-{s.port}.log")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.job_execution).lower()}
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(command(s, backend), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    server = Server(proc, f"http://{host}:{s.port}", log_path)
+    _wait_healthy(server, timeout)
+    return server
+
+
+def _wait_healthy(server: Server, timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = mask("\n".join(server.log_path.read_text().strip().splitlines()[-8:]))
+            raise ServiceError(f"mlflow server exited with code {server.process.returncode}:\n{tail}")
+        try:
+            if requests.get(server.url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise ServiceError(f"mlflow server did not answer {server.url}/health within {timeout:.0f}s; "
+                       f"see {server.log_path}")
+
+
+def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
+    """Run the server in the foreground until Ctrl-C (or SIGTERM), then stop it cleanly."""
+    server = start(s, optuna_storage)
+    log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s); Ctrl-C stops it",
+             server.url, mask(s.backend_store_uri), s.artifacts_destination)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        log.error("mlflow server exited with code %s; see %s", server.process.returncode, server.log_path)
+        return server.process.returncode or 1
+    except KeyboardInterrupt:
+        log.info("stopping the MLflow server")
+        server.stop()
+        return 0

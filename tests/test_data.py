@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweep.config import DatasetConfig
+from sweep.data import load, pipelines
+
+
+def test_npz_is_scaled_capped_and_given_a_channel_axis(mnist_path: Path) -> None:
+    d = load(DatasetConfig(name="npz", path=mnist_path, train_samples=1000, test_samples=200))
+    assert d.x_train.shape == (1000, 28, 28, 1) and d.x_test.shape == (200, 28, 28, 1)
+    assert d.x_train.dtype == np.float32 and 0.0 == d.x_train.min() and d.x_train.max() == 1.0
+    assert d.num_classes == 10 and d.input_shape == (28, 28, 1)
+    with np.load(mnist_path) as f:
+        np.testing.assert_array_equal(d.y_train, f["y_train"][:1000])
+
+
+def test_split_is_the_last_fraction_like_keras(tiny_npz: Path) -> None:
+    d = load(DatasetConfig(name="npz", path=tiny_npz, validation_split=0.2))
+    xtr, ytr, xval, yval = d.split()
+    assert len(xtr) == 240 and len(xval) == 60
+    np.testing.assert_array_equal(xval, d.x_train[240:])
+
+
+def test_pipelines_batch_and_shuffle_with_the_seed(tiny_npz: Path) -> None:
+    d = load(DatasetConfig(name="npz", path=tiny_npz))
+    train, val, test = pipelines(d, 64, seed=1)
+    sizes = [int(x.shape[0]) for x, _ in train]
+    assert sizes == [64, 64, 64, 48] and sum(int(x.shape[0]) for x, _ in val) == 60
+    first = lambda seed: next(iter(pipelines(d, 64, seed)[0]))[1].numpy()  # noqa: E731
+    np.testing.assert_array_equal(first(1), first(1))
+    assert not np.array_equal(first(1), first(2))
+
+
+def test_digits_ships_offline_at_mnist_shape() -> None:
+    d = load(DatasetConfig(name="digits"))
+    assert d.x_train.shape[1:] == (28, 28, 1)
+    assert len(d.x_train) + len(d.x_test) == 1797
+    assert d.x_train.max() == pytest.approx(1.0) and d.num_classes == 10
+    assert set(np.unique(d.y_test)) == set(range(10))  # stratified split
+
+
+def test_cifar_shaped_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    p = tmp_path / "c.npz"
+    np.savez(p, x_train=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, (20, 1)),
+             x_test=rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, (5, 1)))
+    d = load(DatasetConfig(name="npz", path=p))
+    assert d.input_shape == (32, 32, 3) and d.y_train.shape == (20,)
+
+
+def test_failed_download_names_the_two_ways_out(tmp_path: Path) -> None:
+    # a proxy on a closed loopback port: the download fails at once, nothing leaves the machine
+    code = ("from sweep.config import DatasetConfig\nfrom sweep.data import load\nfrom sweep.errors import SweepError\n"
+            "try:\n    load(DatasetConfig(name='fashion_mnist'))\nexcept SweepError as e:\n    print('MSG', e)\n")
+    env = {"KERAS_HOME": str(tmp_path), "HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1",
+           "http_proxy": "http://127.0.0.1:1", "https_proxy": "http://127.0.0.1:1", "PATH": "/usr/bin:/bin",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "MSG could not download the 'fashion_mnist' dataset" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "dataset.path" in r.stdout and "'digits'" in r.stdout

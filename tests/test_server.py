@@ -1,0 +1,199 @@
+"""`sweep server` as a real process, and sweeps logging to it over HTTP, on every backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from mlflow import MlflowClient
+
+import sweep
+import sweep.study
+from sweep import objective as obj
+
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+SECRET = "n0t-a-real-Pa55word"  # trust auth ignores it; it must never show up anywhere
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_password(url: str) -> str:
+    import sqlalchemy as sa
+
+    u = sa.make_url(url)
+    return u.set(password=SECRET).render_as_string(hide_password=False)
+
+
+def start_cli_server(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweep", "server", *args], cwd=cwd,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real `sweep server` process and a small sweep logged to it over HTTP."""
+    tmp = tmp_path_factory.mktemp(f"server-{request.param}")
+    drops = []
+    if request.param == "sqlite":
+        backend, optuna_url = f"sqlite:///{tmp / 'mlflow.db'}", f"sqlite:///{tmp / 'optuna.db'}"
+    else:
+        if not POSTGRES_URL:
+            skip_or_fail_without_postgres()
+        backend, d1 = postgres_database(POSTGRES_URL)
+        optuna_url, d2 = postgres_database(POSTGRES_URL)
+        drops = [d1, d2]
+        backend, optuna_url = _with_password(backend), _with_password(optuna_url)
+    port = free_port()
+    log = tmp / "server.log"
+    (tmp / "mlflow.yaml").write_text(f"optuna_storage: '{optuna_url}'\nserver: {{port: {port}}}\n")
+    proc = start_cli_server(["--backend-store-uri", backend, "--artifacts-destination", str(tmp / "artifacts")],
+                            tmp, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(url, proc, log)
+        rng_npz = tmp / "tiny.npz"
+        _tiny(rng_npz)
+        d = study_dict(rng_npz)
+        d["study"] = f"served-{request.param}"
+        d["training"]["epochs"] = 1
+        study = sweep.run(write_study(tmp, d), storage=optuna_url, tracking_uri=url)
+        yield {"study": study, "url": url, "optuna": optuna_url, "tmp": tmp, "proc": proc, "log": log,
+               "npz": rng_npz, "port": port}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(60)
+        for drop in drops:
+            drop()
+
+
+def _tiny(path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, 300).astype("uint8")
+    x = rng.integers(0, 40, (300, 28, 28)).astype("uint8")
+    for i, c in enumerate(y):
+        x[i, 2 * c + 4: 2 * c + 6, :] = 255
+    np.savez(path, x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+
+
+def test_runs_read_back_over_http(served_sweep: dict[str, Any]) -> None:
+    client = MlflowClient(served_sweep["url"])
+    study = served_sweep["study"]
+    exp = client.get_experiment_by_name(study.study_name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 1
+        # artifacts went through the server's proxy, not a local path
+        assert r.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "plots")} == {"plots/accuracy.png", "plots/loss.png"}
+    best = sweep.best_config(study.study_name, storage=served_sweep["optuna"], tracking_uri=served_sweep["url"])
+    assert best["trial"] == study.best_trial.number and best["value"] == study.best_value
+    assert best["mlflow_run_id"] in {r.info.run_id for r in children}
+
+
+def test_model_logged_through_server_loads_in_another_process(served_sweep: dict[str, Any]) -> None:
+    uri = served_sweep["study"].best_trial.user_attrs[obj.MODEL_URI]
+    code = ("import sys, numpy as np, mlflow\n"
+            "mlflow.set_tracking_uri(sys.argv[1])\n"
+            "m = mlflow.keras.load_model(sys.argv[2])\n"
+            "x = np.load(sys.argv[3])['x_test'][:7].astype('float32')[..., None] / 255\n"
+            "print('SHAPE', m.predict(x, verbose=0).shape)\n")
+    r = subprocess.run([sys.executable, "-c", code, served_sweep["url"], uri, str(served_sweep["npz"])],
+                       capture_output=True, text=True, timeout=300, cwd="/")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SHAPE (7, 10)" in r.stdout
+
+
+def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:
+    client = MlflowClient(served_sweep["url"])
+    exp = client.get_experiment_by_name(served_sweep["study"].study_name)
+    for r in client.search_runs([exp.experiment_id]):
+        blob = repr(r.data.params) + repr(r.data.tags)
+        assert SECRET not in blob
+    assert SECRET not in served_sweep["log"].read_text()
+
+
+def test_port_in_use_is_refused(served_sweep: dict[str, Any], tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "sweep", "server", "--port", str(served_sweep["port"]),
+                        "--backend-store-uri", f"sqlite:///{tmp_path / 'x.db'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3
+    assert f"cannot serve on 127.0.0.1:{served_sweep['port']}" in r.stderr and "--port" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_two_workers_share_one_study(served_sweep: dict[str, Any]) -> None:
+    """Two `sweep run` processes started together: one parent run, each (config, repeat) once."""
+    tmp = served_sweep["tmp"]
+    d = study_dict(served_sweep["npz"], repeats=2)
+    d["study"] = "two-workers"
+    d["training"]["epochs"] = 1
+    path = write_study(tmp, d, "workers.yaml")
+    env = {**os.environ, "SWEEP_OPTUNA_STORAGE": served_sweep["optuna"], "MLFLOW_TRACKING_URI": served_sweep["url"]}
+    procs = [subprocess.Popen([sys.executable, "-m", "sweep", "run", str(path)], cwd=tmp, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert SECRET not in "".join(outs)
+    study = sweep.study.load_study("two-workers", served_sweep["optuna"])
+    keys = sorted((t.user_attrs["config_index"], t.user_attrs["repeat"]) for t in study.get_trials())
+    assert keys == [(i, r) for i in range(3) for r in range(2)]
+    client = MlflowClient(served_sweep["url"])
+    exp = client.get_experiment_by_name("two-workers")
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.data.tags.get("sweep.role") == "parent" for r in runs) == 1
+    assert sum(r.data.tags.get("sweep.role") == "trial" for r in runs) == 6
+
+
+def test_ctrl_c_stops_server_cleanly(served_sweep: dict[str, Any]) -> None:
+    proc, url = served_sweep["proc"], served_sweep["url"]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/health", timeout=2)
+    assert "stopping the MLflow server" in served_sweep["log"].read_text()
+
+
+@pytest.mark.parametrize(("uri", "code", "message"), [
+    ("nosuch://db", 2, "server.backend_store_uri: expected a database URI"),
+    (f"postgresql://bob:{SECRET}@127.0.0.1:1/mlflow", 3, "cannot connect to the MLflow backend store at postgresql+psycopg2://bob:***@127.0.0.1:1/mlflow"),
+])
+def test_bad_backend_uri(uri: str, code: int, message: str, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "sweep", "server", "--port", str(free_port()),
+                        "--backend-store-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr
+    assert SECRET not in r.stdout + r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,287 @@
+"""End-to-end sweeps over real parts: Keras training, Optuna RDB storage, MLflow tracking store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from helpers import skip_or_fail_without_postgres, postgres_database, study_dict, write_study
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+import sweep
+from sweep import objective as obj
+from sweep.errors import ConfigError
+from sweep.study import PARENT_ATTR
+
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+
+
+def _children(client: MlflowClient, experiment: str) -> tuple[Any, list[Any]]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1, f"expected one parent run, got {len(parents)}"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(children, key=lambda r: int(r.data.tags["optuna.trial_number"]))
+
+
+# --- the real-MNIST sweep of the issue's "done when", on every Optuna backend ---
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def mnist_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                mnist_path: Path) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp(f"mnist-{request.param}")
+    drop = None
+    if request.param == "sqlite":
+        storage = f"sqlite:///{tmp / 'optuna.db'}"
+    elif not POSTGRES_URL:
+        skip_or_fail_without_postgres()
+    else:
+        storage, drop = postgres_database(POSTGRES_URL)
+    tracking = f"sqlite:///{tmp / 'mlflow.db'}"
+    d = study_dict(mnist_path)
+    d["study"] = "mnist-families"
+    d["dataset"].update(train_samples=3000, test_samples=1000)
+    d["training"].update(epochs=2, batch_size=250, learning_rate=0.001)
+    path = write_study(tmp, d)
+    study = sweep.run(path, storage=storage, tracking_uri=tracking)
+    yield {"study": study, "storage": storage, "tracking": tracking, "tmp": tmp, "path": path}
+    if drop:
+        drop()
+
+
+def test_all_three_families_complete_in_optuna(mnist_sweep: dict[str, Any]) -> None:
+    trials = mnist_sweep["study"].get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.params["activation"] for t in trials] == ["relu", "leaky_relu", "prelu"]
+    assert trials[1].params["leaky_alpha"] == 0.1
+    assert trials[2].params["prelu_shared_axes"] == "spatial"
+    for t in trials:
+        assert 0.5 < t.value <= 1.0  # 3,000 real MNIST digits, 2 epochs: far above chance
+        assert len(t.intermediate_values) == 2
+        assert t.user_attrs[obj.RUN_ID]
+
+
+def test_mlflow_holds_parent_and_child_runs(mnist_sweep: dict[str, Any]) -> None:
+    client = MlflowClient(mnist_sweep["tracking"])
+    parent, children = _children(client, "mnist-families")
+    study = mnist_sweep["study"]
+    assert study.user_attrs[PARENT_ATTR] == parent.info.run_id
+    assert parent.data.params["training.epochs"] == "2"
+    assert "study_config.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert len(children) == 3
+    for trial, run in zip(study.get_trials(), children):
+        assert run.info.run_id == trial.user_attrs[obj.RUN_ID]
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)
+        assert run.data.tags["optuna.study_name"] == "mnist-families"
+        assert run.data.tags["optuna.state"] == "COMPLETE" and run.info.status == "FINISHED"
+        assert run.data.params["activation"] == trial.params["activation"]
+        assert run.data.params["seed"] == str(trial.user_attrs["seed"])
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+            hist = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in hist) == [0, 1], key
+        val_acc = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert max(val_acc, key=lambda m: m.step).value == pytest.approx(trial.value)
+        assert 0 < run.data.metrics["test_accuracy"] <= 1
+        assert "test_loss" in run.data.metrics
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/accuracy.png", "plots/loss.png"}
+        png = Path(client.download_artifacts(run.info.run_id, "plots/accuracy.png", str(mnist_sweep["tmp"])))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_logged_model_loads_back_and_predicts(mnist_sweep: dict[str, Any], mnist_path: Path) -> None:
+    mlflow.set_tracking_uri(mnist_sweep["tracking"])
+    client = MlflowClient(mnist_sweep["tracking"])
+    with np.load(mnist_path) as f:
+        x = (f["x_test"][:1000].astype("float32") / 255.0)[..., None]
+        y = f["y_test"][:1000]
+    for trial in mnist_sweep["study"].get_trials():
+        model = mlflow.keras.load_model(trial.user_attrs[obj.MODEL_URI])
+        probs = model.predict(x, verbose=0)
+        assert probs.shape == (1000, 10)
+        acc = float((probs.argmax(1) == y).mean())
+        logged = client.get_run(trial.user_attrs[obj.RUN_ID]).data.metrics["test_accuracy"]
+        assert acc == pytest.approx(logged, abs=1e-6)
+
+
+def test_best_config_agrees_with_optuna_and_rebuilds(mnist_sweep: dict[str, Any]) -> None:
+    study = mnist_sweep["study"]
+    cfg = sweep.best_config("mnist-families", storage=mnist_sweep["storage"],
+                            tracking_uri=mnist_sweep["tracking"])
+    assert cfg["trial"] == study.best_trial.number
+    assert cfg["value"] == study.best_value
+    assert cfg["params"]["activation"] == study.best_trial.params["activation"]
+    assert cfg["mlflow_run_id"] == study.best_trial.user_attrs[obj.RUN_ID]
+    assert (cfg["metric"], cfg["input_shape"], cfg["num_classes"]) == ("val_accuracy", [28, 28, 1], 10)
+    rebuilt = sweep.build_model(cfg["model"], cfg["input_shape"], cfg["num_classes"], **cfg["params"])
+    logged = mlflow.keras.load_model(cfg["mlflow_model_uri"])
+    assert [type(layer).__name__ for layer in rebuilt.layers] == [type(layer).__name__ for layer in logged.layers]
+    assert [w.shape for w in rebuilt.weights] == [w.shape for w in logged.weights]
+
+
+def test_trials_dataframe(mnist_sweep: dict[str, Any]) -> None:
+    df = sweep.trials("mnist-families", storage=mnist_sweep["storage"])
+    assert list(df["number"]) == [0, 1, 2]
+    assert list(df["state"]) == ["COMPLETE"] * 3
+    assert list(df["activation"]) == ["relu", "leaky_relu", "prelu"]
+    assert df["mlflow_run_id"].notna().all()
+
+
+def test_cli_best_json_without_tensorflow(mnist_sweep: dict[str, Any]) -> None:
+    code = ("import sys; from sweep.cli import main; sys.argv = ['sweep', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED', file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, "best", "mnist-families", "--json",
+                        "--storage", mnist_sweep["storage"], "--tracking-uri", mnist_sweep["tracking"]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "TF_NOT_LOADED" in r.stderr
+    out = json.loads(r.stdout)
+    best = mnist_sweep["study"].best_trial
+    assert {"study", "trial", "value", "metric", "params", "mlflow_run_id"} <= set(out)
+    assert (out["trial"], out["value"], out["mlflow_run_id"]) == (best.number, best.value, best.user_attrs[obj.RUN_ID])
+
+
+def test_help_does_not_import_tensorflow() -> None:
+    r = subprocess.run([sys.executable, "-c", "import sys; from sweep.cli import main; sys.argv=['sweep','--help']\n"
+                        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('tensorflow' in sys.modules)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip().endswith("False"), r.stdout + r.stderr
+    assert "run" in r.stdout and "best" in r.stdout
+
+
+# --- behaviours, on small synthetic data ---
+
+def _run(tmp_path: Path, data: dict[str, Any], optuna_url: str, tracking_uri: str, **kw: Any) -> optuna.Study:
+    return sweep.run(write_study(tmp_path, data), storage=optuna_url, tracking_uri=tracking_uri, **kw)
+
+
+def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                       tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=6, seed=3, space={
+        "activation": ["relu", "leaky_relu", "prelu"], "leaky_alpha": {"low": 0.01, "high": 0.5, "log": True},
+        "prelu_alpha_init": ["zeros", 0.25], "prelu_shared_axes": ["none", "spatial", "all"]})
+    d["training"]["epochs"] = 1
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    expected = {"relu": {"activation"}, "leaky_relu": {"activation", "leaky_alpha"},
+                "prelu": {"activation", "prelu_alpha_init", "prelu_shared_axes"}}
+    trials = study.get_trials()
+    assert len(trials) == 6
+    for t in trials:
+        assert set(t.params) == expected[t.params["activation"]]
+        if "leaky_alpha" in t.params:
+            assert 0.01 <= t.params["leaky_alpha"] <= 0.5
+    assert len({t.params["activation"] for t in trials}) >= 2
+
+
+def test_deterministic_pruner_prunes_and_sweep_goes_on(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                       tracking_uri: str) -> None:
+    # val_accuracy can never reach 1.1, so the threshold pruner stops every trial after epoch 0
+    d = study_dict(tiny_npz, pruner={"name": "threshold", "lower": 1.1})
+    d["training"]["epochs"] = 3
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 3
+    assert all(list(t.intermediate_values) == [0] for t in trials)
+    _, runs = _children(MlflowClient(tracking_uri), "tiny")
+    assert [(r.info.status, r.data.tags["optuna.state"]) for r in runs] == [("KILLED", "PRUNED")] * 3
+    assert all(len(MlflowClient(tracking_uri).get_metric_history(r.info.run_id, "loss")) == 1 for r in runs)
+
+
+def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                       tracking_uri: str) -> None:
+    with np.load(tiny_npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["x_train"] = arrays["x_train"].astype("float32")
+    arrays["x_train"][5, 3, 3] = np.nan
+    bad = tmp_path / "nan.npz"
+    np.savez(bad, **arrays)
+    # (not relu: TF's max(NaN, 0) is 0, so ReLU swallows a NaN pixel)
+    d = study_dict(bad, configs=[{"activation": "elu"}, {"activation": "tanh"}])
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # the second ran after the first failed
+    assert all("nan" in t.user_attrs[obj.FAIL_REASON].lower() for t in trials)
+    _, runs = _children(MlflowClient(tracking_uri), "tiny")
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert "nan" in runs[0].data.tags["sweep.fail_reason"].lower()
+    # failed trials count against the budget: a rerun has nothing left to do
+    assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
+
+
+def test_resume_continues_with_same_parent_run(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                               tracking_uri: str) -> None:
+    d = study_dict(tiny_npz)
+    first = _run(tmp_path, d, optuna_url, tracking_uri, n_trials=1)
+    assert len(first.get_trials(states=(TrialState.COMPLETE,))) == 1
+    parent = first.user_attrs[PARENT_ATTR]
+    again = _run(tmp_path, d, optuna_url, tracking_uri)
+    assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE] * 3
+    assert [t.params["activation"] for t in again.get_trials()] == ["relu", "leaky_relu", "prelu"]
+    assert again.user_attrs[PARENT_ATTR] == parent
+    p, runs = _children(MlflowClient(tracking_uri), "tiny")
+    assert p.info.run_id == parent and len(runs) == 3
+    # complete: a third call runs nothing
+    assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 3
+
+
+def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                              tracking_uri: str) -> None:
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            raise KeyboardInterrupt
+
+    d = study_dict(tiny_npz)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, d, optuna_url, tracking_uri, extra_callbacks=lambda data, params: [CtrlC()])
+    study = sweep.run("tiny", storage=optuna_url, tracking_uri=tracking_uri)  # join by name
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert study.get_trials()[0].user_attrs[obj.INTERRUPTED] is True
+    assert sorted(t.params["activation"] for t in study.get_trials()[1:]) == ["leaky_relu", "prelu", "relu"]
+    _, runs = _children(MlflowClient(tracking_uri), "tiny")
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags["optuna.state"] == "INTERRUPTED"
+
+
+def test_changed_study_file_is_refused_but_budget_may_grow(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                           tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=1,
+                   space={"activation": ["relu", "elu"]})
+    d["training"]["epochs"] = 1
+    _run(tmp_path, d, optuna_url, tracking_uri)
+    d["search"]["n_trials"] = 2
+    assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
+    d["training"]["epochs"] = 5
+    with pytest.raises(ConfigError, match=r"different training.epochs: stored 1, file has 5"):
+        _run(tmp_path, d, optuna_url, tracking_uri)
+
+
+def test_repeats_use_paired_seeds(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "gelu"}], repeats=2, seed=10)
+    d["training"]["epochs"] = 1
+    trials = _run(tmp_path, d, optuna_url, tracking_uri).get_trials()
+    got = sorted((t.params["activation"], t.user_attrs["seed"]) for t in trials)
+    assert got == [("gelu", 10), ("gelu", 11), ("relu", 10), ("relu", 11)]
+
+
+def test_study_stored_before_a_new_config_section_still_resumes(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                                tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}])
+    d["training"]["epochs"] = 1
+    study = _run(tmp_path, d, optuna_url, tracking_uri, n_trials=1)
+    old = dict(study.user_attrs["sweep.config"])
+    del old["diagnostics"]  # as written by a sweep that had no diagnostics section yet
+    study.set_user_attr("sweep.config", old)
+    assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
