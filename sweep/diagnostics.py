@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from sweep.plots import save_with_legend_below
+
 if TYPE_CHECKING:
     import keras
 
@@ -153,12 +155,7 @@ def alpha_histogram(groups: dict[str, dict[str, np.ndarray]], title: str, path: 
         ax.set_xlabel("learned alpha (negative slope)")
         ax.set_ylabel("count of alphas")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9)
-    fig.suptitle(title)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_with_legend_below(fig, axes[0][0], title, path)
 
 
 def prelu_artifacts(model: keras.Model, label: str, folder: Path,

@@ -14,6 +14,16 @@ def pyplot():  # noqa: ANN201 - matplotlib.pyplot, imported lazily with a headle
     return plt
 
 
+def save_with_legend_below(fig, legend_from, title: str, path: Path) -> Path:  # noqa: ANN001
+    """Shared finish of multi-panel figures: one legend under the panels, a title, saved and closed."""
+    handles, labels = legend_from.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9)
+    fig.suptitle(title)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
 def curve(history: dict[str, list[float]], metric: str, title: str, path: Path) -> Path:
     """Plot `metric` and `val_<metric>` against epoch and save a PNG at `path`."""
     plt = pyplot()

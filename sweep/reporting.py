@@ -20,6 +20,7 @@ import numpy as np
 from sweep import diagnostics
 from sweep.errors import SweepError
 from sweep.models import ACTIVATION_LAYERS
+from sweep.plots import save_with_legend_below
 from sweep.stats import compare_study, format_comparison, trial_samples
 from sweep.storage import mask, resolve
 from sweep.study import PARENT_ATTR, load_study, stored_config
@@ -99,12 +100,7 @@ def _panels(plt: Any, hist: dict[str, dict[str, list[np.ndarray]]], colors: dict
         if ylim:
             ax.set_ylim(*ylim)
     axes[0][0].set_ylabel(ylabel)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9)
-    fig.suptitle(title)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_with_legend_below(fig, axes[0][0], title, path)
 
 
 @contextlib.contextmanager
