@@ -46,6 +46,13 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
     import optuna
 
     stores = resolve(storage=storage)
+    sqlite_file = stores.optuna.removeprefix("sqlite:///")
+    if stores.optuna.startswith("sqlite:///") and not Path(sqlite_file).is_file():
+        # opening it would create an empty database: a typo must not leave files behind
+        raise SweepError(
+            f"no Optuna storage at {sqlite_file} (so no study {name!r}); run `sweep run STUDY_FILE` "
+            "here first, or pass --storage (or set SWEEP_OPTUNA_STORAGE) to where the study lives."
+        )
     rdb = optuna_storage(stores.optuna)
     try:
         return optuna.load_study(study_name=name, storage=rdb)

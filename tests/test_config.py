@@ -164,3 +164,11 @@ def test_cli_bad_input(case: str, tmp_path: Path, tiny_npz: Path) -> None:
     assert r.stderr.startswith(f"error: {target}"), r.stderr
     written = {p.name for p in tmp_path.iterdir()} - {"bad.yaml", "tiny.npz", "wrong.npz"}
     assert written == set(), f"stores written on bad input: {written}"
+
+
+@pytest.mark.parametrize("args", [["best", "nosuch"], ["run", "nosuch"], ["compare", "nosuch"]])
+def test_unknown_study_name_writes_nothing(args: list[str], tmp_path: Path) -> None:
+    r = _run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no Optuna storage at" in r.stderr and "--storage" in r.stderr
+    assert list(tmp_path.iterdir()) == []
