@@ -31,6 +31,11 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz")
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
 
 
+def direction_of(metric: str) -> str:
+    """Losses are minimized, everything else (accuracies) maximized."""
+    return "minimize" if metric.endswith("loss") else "maximize"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -208,7 +213,7 @@ class SearchConfig(Strict):
 
     @property
     def direction(self) -> str:
-        return "minimize" if self.metric.endswith("loss") else "maximize"
+        return direction_of(self.metric)
 
 
 class DiagnosticsConfig(Strict):

@@ -109,8 +109,8 @@ def make_objective(
                     run.log_extra(alphas, files, "diagnostics", step=len(result.epoch_seconds))
             for k, v in result.test.items():
                 trial.set_user_attr(k, v)
-            if result.epoch_seconds:
-                trial.set_user_attr("mean_epoch_seconds", sum(result.epoch_seconds) / len(result.epoch_seconds))
+            if result.mean_epoch_seconds is not None:
+                trial.set_user_attr("mean_epoch_seconds", result.mean_epoch_seconds)
         except optuna.TrialPruned:
             _safe_end(run, "PRUNED")
             raise

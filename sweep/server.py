@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
-from sweep.storage import check_database, db_url, mask
+from sweep.storage import check_database, db_url, mask, scheme
 
 if TYPE_CHECKING:
     from sweep.config import ServerSettings
@@ -72,8 +72,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def _check_backend(uri: str) -> str:
-    scheme = uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in SQL_SCHEMES:
+    if scheme(uri) not in SQL_SCHEMES:
         raise ConfigError(
             "server.backend_store_uri",
             [f"expected a database URI (sqlite:///file.db or postgresql://user:pass@host:5432/db), "
@@ -88,7 +87,7 @@ def migrate(backend_uri: str, optuna_storage: str | None) -> None:
     """Create or upgrade both schemas with MLflow's and Optuna's own migrations."""
     # subprocesses: both run alembic, whose logging set-up would silence ours
     _run_tool([*_tool("mlflow"), "db", "upgrade", backend_uri], f"mlflow db upgrade {mask(backend_uri)}")
-    if optuna_storage and optuna_storage.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES:
+    if optuna_storage and scheme(optuna_storage) in SQL_SCHEMES:
         url = db_url(optuna_storage)
         check_database(url, "Optuna storage")
         # what `optuna storage upgrade` runs, after RDBStorage has created the tables of a new

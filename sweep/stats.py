@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sweep.activations import PARAM_DEFAULTS, resolve_params
+from sweep.config import direction_of
 from sweep.errors import SweepError
 
 if TYPE_CHECKING:
@@ -254,8 +255,7 @@ def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, 
         "trial": [t.number for t in done],
         "seed": [t.user_attrs.get("seed") for t in done],
     })
-    direction = "minimize" if metric.endswith("loss") else "maximize"
-    return frame, len(every) - len(done), direction
+    return frame, len(every) - len(done), direction_of(metric)
 
 
 def compare_study(study: optuna.Study, metric: str = "test_accuracy", baseline: str | None = None,

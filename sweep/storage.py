@@ -93,11 +93,21 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        reason = _first_line(e)
         raise ServiceError(
             f"cannot open the Optuna storage {mask(url)}: {mask(reason)}. Check that the database "
             "server is running and the URL (user, password, host, port, database) is right."
         ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The driver's own message (SQLAlchemy wraps it in `orig`), first line only."""
+    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+
+
+def scheme(url: str) -> str:
+    """`postgresql` for `postgresql+psycopg2://...`, `sqlite` for `sqlite:///...`."""
+    return url.split(":", 1)[0].split("+", 1)[0]
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -149,7 +159,7 @@ def check_database(url: str, what: str) -> None:
         with engine.connect():
             pass
     except Exception as e:  # noqa: BLE001
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        reason = _first_line(e)
         raise ServiceError(
             f"cannot connect to the {what} at {mask(url)}: {mask(reason)}. Check that the database "
             "server is running and the URL (user, password, host, port, database) is right."

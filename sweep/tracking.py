@@ -183,8 +183,8 @@ class TrialRun:
 
         epochs = max((len(v) for v in result.history.values()), default=0)
         metrics = dict(result.test)
-        if result.epoch_seconds:
-            metrics["mean_epoch_seconds"] = sum(result.epoch_seconds) / len(result.epoch_seconds)
+        if result.mean_epoch_seconds is not None:
+            metrics["mean_epoch_seconds"] = result.mean_epoch_seconds
         with tempfile.TemporaryDirectory() as tmp:
             self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=epochs)
         # Created through the client so it lands in this study's experiment, not the fluent

@@ -22,6 +22,10 @@ class Result:
     test: dict[str, float]
     epoch_seconds: list[float] = field(default_factory=list)
 
+    @property
+    def mean_epoch_seconds(self) -> float | None:
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None
+
 
 def _optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
     import keras
