@@ -12,7 +12,7 @@ from sweep.models import build_model
 from sweep.reporting import report
 from sweep.results import best_config, trials
 from sweep.stats import compare
-from sweep.study import run
+from sweep.runner.study import run
 
 __all__ = [
     "ConfigError",

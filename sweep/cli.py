@@ -79,7 +79,7 @@ def run(
     """Run, resume or join a study; one line per finished trial."""
     _setup_logging(verbose)
     with _guard():
-        from sweep.study import run as run_study
+        from sweep.runner.study import run as run_study
 
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
                       progress_bar=sys.stderr.isatty())

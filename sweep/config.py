@@ -324,7 +324,7 @@ def load(path: str | Path) -> StudyConfig:
 
 
 def from_json(text: str, source: str) -> StudyConfig:
-    """A config stored with a study (see `sweep.study`), validated again on the way in."""
+    """A config stored with a study (see `sweep.runner.study`), validated again on the way in."""
     return parse(json.loads(text), source)
 
 

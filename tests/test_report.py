@@ -19,7 +19,7 @@ from sweep import diagnostics
 from sweep.cli import app
 from sweep.models import ACTIVATION_LAYERS
 from sweep.reporting import FIGURES, REPORT, TABLE
-from sweep.study import PARENT_ATTR
+from sweep.runner.study import PARENT_ATTR
 
 LAYERS = ACTIVATION_LAYERS["seed_cnn"]
 PNG = b"\x89PNG\r\n\x1a\n"

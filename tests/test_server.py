@@ -17,8 +17,8 @@ from helpers import postgres_database, skip_or_fail_without_postgres, study_dict
 from mlflow import MlflowClient
 
 import sweep
-import sweep.study
-from sweep import objective as obj
+import sweep.runner.study
+from sweep.runner import objective as obj
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 SECRET = "n0t-a-real-Pa55word"  # trust auth ignores it; it must never show up anywhere
@@ -168,7 +168,7 @@ def test_two_workers_share_one_study(served_sweep: dict[str, Any]) -> None:
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert SECRET not in "".join(outs)
-    study = sweep.study.load_study("two-workers", served_sweep["optuna"])
+    study = sweep.runner.study.load_study("two-workers", served_sweep["optuna"])
     planned = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
     keys = sorted((t.user_attrs["config_index"], t.user_attrs["repeat"]) for t in planned)
     assert keys == [(i, r) for i in range(3) for r in range(2)]

@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import sweep
-from sweep import objective as obj
+from sweep.runner import objective as obj
 from sweep.errors import ConfigError
-from sweep.study import PARENT_ATTR
+from sweep.runner.study import PARENT_ATTR
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 

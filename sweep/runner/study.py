@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import config as config_mod
 from sweep import data as data_mod
-from sweep import objective as obj
+from sweep.runner import objective as obj
 from sweep import search
 from sweep.errors import ConfigError, SweepError, TrialFailed
 from sweep.storage import Stores, check_tracking, mask, optuna_storage, resolve, study_lock
-from sweep.tracking import Tracker
+from sweep.tracking.runs import Tracker
 
 if TYPE_CHECKING:
     import optuna

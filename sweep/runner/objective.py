@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from sweep.config import SpaceConfig, StudyConfig
     from sweep.data import Dataset
-    from sweep.tracking import Tracker, TrialRun
+    from sweep.tracking.runs import Tracker, TrialRun
 
 log = logging.getLogger(__name__)
 

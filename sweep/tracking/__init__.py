@@ -1,0 +1,1 @@
+"""The MLflow side: a study's parent run, one child run per trial, replay of what was missed."""
