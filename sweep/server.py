@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
-from sweep.storage import check_database, db_url, mask, scheme
+from sweep.storage import Stores, check_database, check_separate, db_url, mask, scheme
 
 if TYPE_CHECKING:
     from sweep.config import ServerSettings
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# Database URLs reach every child process through the environment, never argv: a command line
+# is readable by every user of the machine (`ps`, /proc/PID/cmdline), an environment only by its owner.
+URL_ENV = "SWEEP_DATABASE_URL"
+# `mlflow server` reads --backend-store-uri from here (click `envvar=`) and hands it to its
+# uvicorn/gunicorn workers through their environment too
+MLFLOW_BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 
 
 @dataclass
@@ -53,8 +59,9 @@ def _tool(name: str) -> list[str]:
     return [exe] if exe else [sys.executable, "-m", name]
 
 
-def _run_tool(args: list[str], shown: str) -> None:
-    r = subprocess.run(args, capture_output=True, text=True)
+def _run_tool(args: list[str], shown: str, url: str) -> None:
+    """Run a migration in a child process that reads its database URL from $SWEEP_DATABASE_URL."""
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, URL_ENV: url})
     if r.returncode != 0:
         tail = mask("\n".join((r.stderr or r.stdout).strip().splitlines()[-5:]))
         raise ServiceError(f"`{shown}` failed:\n{tail}")
@@ -62,6 +69,9 @@ def _run_tool(args: list[str], shown: str) -> None:
 
 def check_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as every server does (uvicorn too): the connections of a server that just stopped stay in
+        # TIME_WAIT for a minute, and without it they would make the port look taken
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -85,21 +95,23 @@ def _check_backend(uri: str) -> str:
 
 def migrate(backend_uri: str, optuna_storage: str | None) -> None:
     """Create or upgrade both schemas with MLflow's and Optuna's own migrations."""
-    # subprocesses: both run alembic, whose logging set-up would silence ours
-    _run_tool([*_tool("mlflow"), "db", "upgrade", backend_uri], f"mlflow db upgrade {mask(backend_uri)}")
+    # subprocesses: both run alembic, whose logging set-up would silence ours. `mlflow db upgrade`
+    # takes its URL only as an argument (no envvar), so the child runs mlflow's own CLI in-process.
+    code = f"import os, mlflow.cli; mlflow.cli.cli.main(['db', 'upgrade', os.environ['{URL_ENV}']], 'mlflow')"
+    _run_tool([sys.executable, "-c", code], f"mlflow db upgrade {mask(backend_uri)}", backend_uri)
     if optuna_storage and scheme(optuna_storage) in SQL_SCHEMES:
         url = db_url(optuna_storage)
         check_database(url, "Optuna storage")
         # what `optuna storage upgrade` runs, after RDBStorage has created the tables of a new
         # database (the CLI alone fails on an empty one)
-        code = ("import sys, optuna; "
-                "optuna.storages.RDBStorage(sys.argv[1], skip_compatibility_check=True).upgrade()")
-        _run_tool([sys.executable, "-c", code, url], f"optuna storage upgrade --storage {mask(url)}")
+        code = (f"import os, optuna; optuna.storages.RDBStorage(os.environ['{URL_ENV}'], "
+                "skip_compatibility_check=True).upgrade()")
+        _run_tool([sys.executable, "-c", code], f"optuna storage upgrade --storage {mask(url)}", url)
 
 
-def command(s: ServerSettings, backend_uri: str) -> list[str]:
-    cmd = [*_tool("mlflow"), "server", "--host", s.host, "--port", str(s.port),
-           "--backend-store-uri", backend_uri, "--serve-artifacts",
+def command(s: ServerSettings) -> list[str]:
+    """`mlflow server` with every setting but the backend URI, which goes in $MLFLOW_BACKEND_STORE_URI."""
+    cmd = [*_tool("mlflow"), "server", "--host", s.host, "--port", str(s.port), "--serve-artifacts",
            "--artifacts-destination", s.artifacts_destination, "--workers", str(s.workers)]
     if s.allowed_hosts:
         cmd += ["--allowed-hosts", s.allowed_hosts]
@@ -112,15 +124,19 @@ def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path |
           timeout: float = 120.0) -> Server:
     """Validate, migrate, launch `mlflow server` and wait until `/health` answers."""
     check_port(s.host, s.port)
+    if optuna_storage:
+        # before either schema is written: both keep alembic's `alembic_version` table
+        check_separate(Stores(optuna=db_url(optuna_storage), tracking=db_url(s.backend_store_uri)))
     backend = _check_backend(s.backend_store_uri)
     migrate(backend, optuna_storage)
     dest = s.artifacts_destination
     if "://" not in dest:
         Path(dest).mkdir(parents=True, exist_ok=True)
     log_path = log_path or Path(f"mlflow-server-{s.port}.log")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.job_execution).lower()}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.job_execution).lower(),
+           MLFLOW_BACKEND_ENV: backend}
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(command(s, backend), stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(command(s), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     server = Server(proc, f"http://{host}:{s.port}", log_path)

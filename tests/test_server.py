@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,6 +56,51 @@ def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 18
     raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")
 
 
+def process_tree(root: int) -> dict[int, str]:
+    """The command lines of `root` and all its descendants now, from /proc."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                # the command name may hold spaces and parentheses: ppid is the 2nd field after the last ")"
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    cmdlines = {}
+    for pid in tree:
+        try:
+            cmdlines[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            pass
+    return cmdlines
+
+
+class CommandLines(threading.Thread):
+    """Every command line seen in a process tree, polled from its start (so short-lived
+    migration processes are caught) until stop()."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.seen, self.interval = root, set(), 0.02
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.seen |= set(process_tree(self.root).values())
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> set[str]:
+        self._stop_event.set()
+        self.join()
+        return self.seen
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real `sweep server` process and a small sweep logged to it over HTTP."""
@@ -71,12 +117,15 @@ def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         backend, optuna_url = _with_password(backend), _with_password(optuna_url)
     port = free_port()
     log = tmp / "server.log"
-    (tmp / "mlflow.yaml").write_text(f"optuna_storage: '{optuna_url}'\nserver: {{port: {port}}}\n")
-    proc = start_cli_server(["--backend-store-uri", backend, "--artifacts-destination", str(tmp / "artifacts")],
-                            tmp, log)
+    # the backend URL in the settings file, not on `sweep server`'s own command line
+    (tmp / "mlflow.yaml").write_text(f"optuna_storage: '{optuna_url}'\n"
+                                     f"server: {{port: {port}, backend_store_uri: '{backend}'}}\n")
+    proc = start_cli_server(["--artifacts-destination", str(tmp / "artifacts")], tmp, log)
+    cmdlines = CommandLines(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_health(url, proc, log)
+        cmdlines.interval = 0.5  # the migrations are over
         rng_npz = tmp / "tiny.npz"
         _tiny(rng_npz)
         d = study_dict(rng_npz)
@@ -84,8 +133,9 @@ def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         d["training"]["epochs"] = 1
         study = sweep.run(write_study(tmp, d), storage=optuna_url, tracking_uri=url)
         yield {"study": study, "url": url, "optuna": optuna_url, "tmp": tmp, "proc": proc, "log": log,
-               "npz": rng_npz, "port": port}
+               "npz": rng_npz, "port": port, "backend": backend, "cmdlines": cmdlines}
     finally:
+        cmdlines.stop()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(60)
@@ -144,6 +194,21 @@ def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:
         blob = repr(r.data.params) + repr(r.data.tags)
         assert SECRET not in blob
     assert SECRET not in served_sweep["log"].read_text()
+    assert SECRET not in (served_sweep["tmp"] / f"mlflow-server-{served_sweep['port']}.log").read_text()
+
+
+def test_no_password_on_any_command_line(served_sweep: dict[str, Any]) -> None:
+    """`ps` shows every user every command line: `sweep server`, both migrations, `mlflow server`
+    and its workers get the database URLs through their environment."""
+    seen = served_sweep["cmdlines"].seen | set(process_tree(served_sweep["proc"].pid).values())
+    if "postgresql" in served_sweep["backend"]:
+        assert SECRET in served_sweep["backend"] and SECRET in served_sweep["optuna"]
+    # all of them were watched: the MLflow and Optuna migrations, the server and its uvicorn worker
+    assert any("'db', 'upgrade'" in c for c in seen), seen
+    assert any("RDBStorage" in c and "upgrade()" in c for c in seen), seen
+    assert any("mlflow server --host" in c for c in seen), seen
+    assert any("uvicorn" in c for c in seen), seen
+    assert [c for c in seen if SECRET in c] == []
 
 
 def test_port_in_use_is_refused(served_sweep: dict[str, Any], tmp_path: Path) -> None:
@@ -189,6 +254,40 @@ def test_ctrl_c_stops_server_cleanly(served_sweep: dict[str, Any]) -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/health", timeout=2)
     assert "stopping the MLflow server" in served_sweep["log"].read_text()
+
+
+def test_restart_on_the_same_port_at_once(tmp_path: Path) -> None:
+    """Connections a stopped server had leave the port in TIME_WAIT for a minute; the port check
+    must not take that for another server (SO_REUSEADDR, as uvicorn binds)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    (tmp_path / "mlflow.yaml").write_text(
+        f"optuna_storage: 'sqlite:///{tmp_path / 'optuna.db'}'\n"
+        f"server: {{port: {port}, backend_store_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', "
+        f"artifacts_destination: '{tmp_path / 'artifacts'}'}}\n")
+    log = tmp_path / "first.log"
+    proc = start_cli_server([], tmp_path, log)
+    try:
+        wait_health(url, proc, log)
+        http = requests.Session()  # keep-alive: the connections stay open until the server stops
+        for _ in range(3):
+            assert http.get(url + "/health", timeout=10).status_code == 200
+            assert http.get(url + "/api/2.0/mlflow/experiments/search", params={"max_results": 5},
+                            timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+        http.close()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/health", timeout=2)
+
+        log = tmp_path / "second.log"
+        proc = start_cli_server([], tmp_path, log)
+        wait_health(url, proc, log)
+        assert "cannot serve on" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
 
 
 @pytest.mark.parametrize(("uri", "code", "message"), [

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import study_dict, write_study
+import sqlalchemy as sa
+from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
 
 from sweep import storage
 from sweep.config import load_settings
 from sweep.errors import ConfigError, ServiceError
 
 SECRET = "s3cr3t-Pa55"
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+# passwords as users write them: unescaped `/ ? @ :`, and percent-escaped
+RAW_PASSWORDS = [SECRET, f"pa/ss?w@rd:{SECRET}", f"{SECRET}@x/y?z", f"p@ss:w/{SECRET}@"]
 
 
 def test_mask_hides_passwords() -> None:
@@ -20,10 +25,207 @@ def test_mask_hides_passwords() -> None:
     assert storage.mask("sqlite:///a.db") == "sqlite:///a.db"
 
 
+@pytest.mark.parametrize("password", RAW_PASSWORDS)
+def test_mask_hides_unescaped_and_escaped_passwords(password: str) -> None:
+    from urllib.parse import quote
+
+    for pw in (password, quote(password, safe="")):
+        assert storage.mask(f"postgresql://bob:{pw}@db:5432/x?sslmode=require") == \
+            "postgresql://bob:***@db:5432/x?sslmode=require"
+        assert storage.mask(f"postgresql+psycopg2://bob:{pw}@db/x") == "postgresql+psycopg2://bob:***@db/x"
+        assert storage.mask(f"https://bob:{pw}@mlflow.example:443/") == "https://bob:***@mlflow.example:443/"
+        assert storage.mask(f"mysql://bob:{pw}@[::1]:3306/x") == "mysql://bob:***@[::1]:3306/x"
+
+
+def test_mask_hides_password_parameters_and_urls_inside_text() -> None:
+    assert storage.mask(f"postgresql://bob@db/x?password={SECRET}&sslmode=require") == \
+        "postgresql://bob@db/x?password=***&sslmode=require"
+    assert storage.mask(f"http://mlflow:5000/?user=bob&password={SECRET}") == \
+        "http://mlflow:5000/?user=bob&password=***"
+    text = (f"(psycopg2.OperationalError) connection to postgresql://bob:pa/ss?w@{SECRET}@db:5432/x failed; "
+            f"tracking at 'http://u:{SECRET}@mlflow:5000/api'; dsn: host=db password={SECRET} dbname=x")
+    masked = storage.mask(text)
+    assert SECRET not in masked
+    assert masked == ("(psycopg2.OperationalError) connection to postgresql://bob:***@db:5432/x failed; "
+                      "tracking at 'http://u:***@mlflow:5000/api'; dsn: host=db password=*** dbname=x")
+    for plain in ["", "no url here", "trial 3 failed: NaN loss at epoch 2", "a:b@c", "runs:/abc/model",
+                  "models:/m@champion", "http://mlflow:5000", "ratio 1:2 @ 3", "/home/u/sweep-optuna.db"]:
+        assert storage.mask(plain) == plain
+
+
+def test_stores_repr_and_str_are_masked() -> None:
+    s = storage.Stores(f"postgresql+psycopg2://bob:pa/ss@{SECRET}@db/optuna", f"https://u:{SECRET}@mlflow")
+    for shown in (repr(s), str(s), f"{s!r}", repr([s]), repr({"stores": s})):
+        assert SECRET not in shown, shown
+    assert repr(s) == "Stores(optuna='postgresql+psycopg2://bob:***@db/optuna', tracking='https://u:***@mlflow')"
+    assert s.optuna.endswith(f"{SECRET}@db/optuna")  # the values themselves stay usable
+
+
 def test_plain_postgresql_urls_use_the_shipped_driver() -> None:
     assert storage.db_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert storage.db_url("postgres://u@h:5433/db?sslmode=require") == "postgresql+psycopg2://u@h:5433/db?sslmode=require"
     assert storage.db_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
     assert storage.db_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert storage.db_url("http://u:p@w@mlflow:5000") == "http://u:p@w@mlflow:5000"
+    assert storage.scheme("postgres://u@h/db") == "postgresql"
+    assert storage.scheme("postgresql+psycopg2://u@h/db") == "postgresql"
+
+
+@pytest.mark.parametrize("password", RAW_PASSWORDS)
+def test_db_url_keeps_the_password_users_wrote(password: str) -> None:
+    """make_url ends a password at its first `@`; db_url reads it to the last one, escaped."""
+    u = sa.make_url(storage.db_url(f"postgresql://bob:{password}@db.example:5433/optuna"))
+    assert (u.drivername, u.username, u.password, u.host, u.port, u.database) == \
+        ("postgresql+psycopg2", "bob", password, "db.example", 5433, "optuna")
+
+
+def test_unescaped_at_in_a_password_reaches_the_right_host() -> None:
+    """Read as make_url does, `pa/ss@SECRET@127.0.0.1` would be the host `SECRET@127.0.0.1`, and
+    the driver's "could not translate host name" would print part of the password."""
+    with pytest.raises(ServiceError) as e:
+        storage.check_database(f"postgresql://bob:pa/ss@{SECRET}@127.0.0.1:1/optuna", "Optuna storage")
+    msg = str(e.value)
+    assert SECRET not in msg and "bob:***@127.0.0.1:1/optuna" in msg
+    assert "translate host name" not in msg and "Connection refused" in msg
+
+
+SAME_DATABASE = [
+    ("postgresql://optuna:a@db:5432/sweep", "postgresql+psycopg2://mlflow:b@db/sweep"),
+    ("postgresql://u@localhost/sweep", "postgres://u@127.0.0.1:5432/sweep"),
+    ("postgresql+psycopg://u@[::1]/sweep", "postgresql://u@localhost/sweep?host=/var/run/postgresql"),
+    ("postgresql://u@DB.example/sweep", "postgresql://u@db.example/sweep?options=-csearch_path%3Dpublic"),
+    ("postgresql://u@db/sweep?options=-c%20search_path%3Dx", "postgresql://u@db/sweep?options=-csearch_path%3Dx,public"),
+    ("mysql+pymysql://u@db/sweep", "mysql://v@db:3306/sweep"),
+    ("sqlite:///both.db", "sqlite:///{cwd}/both.db"),
+    ("sqlite:///{cwd}/sub/../both.db", "sqlite:///link.db"),
+]
+
+SEPARATE = [
+    ("postgresql://u@db/optuna", "postgresql://u@db/mlflow"),
+    ("postgresql://u@db/sweep?options=-csearch_path%3Doptuna", "postgresql://u@db/sweep?options=-csearch_path%3Dmlflow"),
+    ("postgresql://u@db/sweep?options=-csearch_path%3Doptuna", "postgresql://u@db/sweep"),
+    ("postgresql://u@db:5432/sweep", "postgresql://u@db:5433/sweep"),
+    ("postgresql://u@db1/sweep", "postgresql://u@db2/sweep"),
+    ("postgresql://u@db/sweep", "http://u:p@db:5000"),
+    ("postgresql://u@db/sweep", "mysql://u@db/sweep"),
+    ("sqlite:///sweep-optuna.db", "sqlite:///sweep-mlflow.db"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite:///both.db", "file:///{cwd}/both.db"),
+]
+
+
+def _stores(pair: tuple[str, str], tmp_path: Path) -> storage.Stores:
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    if not (tmp_path / "link.db").is_symlink():
+        (tmp_path / "link.db").symlink_to(tmp_path / "both.db")
+    a, b = (u.format(cwd=tmp_path) for u in pair)
+    return storage.Stores(storage.db_url(a), storage.db_url(b))
+
+
+@pytest.mark.parametrize("pair", SAME_DATABASE)
+def test_one_database_for_both_stores_is_refused(pair: tuple[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        storage.check_separate(_stores(pair, tmp_path))
+    assert e.value.exit_code == 2
+    assert "alembic_version" in str(e.value) and "Optuna" in str(e.value) and "MLflow" in str(e.value)
+    with pytest.raises(ConfigError):
+        storage.check_separate(_stores(pair[::-1], tmp_path))
+
+
+@pytest.mark.parametrize("pair", SEPARATE)
+def test_separate_databases_and_schemas_are_accepted(pair: tuple[str, str], tmp_path: Path) -> None:
+    storage.check_separate(_stores(pair, tmp_path))
+    storage.check_separate(_stores(pair[::-1], tmp_path))
+
+
+def test_refusal_names_both_masked_and_says_how_to_split() -> None:
+    stores = storage.Stores(f"postgresql+psycopg2://sweep:{SECRET}@db:5432/sweep",
+                            f"postgresql://sweep:pa/ss@{SECRET}@127.0.0.1/x")
+    storage.check_separate(stores)  # different databases
+    stores = storage.Stores(stores.optuna, f"postgresql://sweep:pa/ss@{SECRET}@db/sweep")
+    with pytest.raises(ConfigError) as e:
+        storage.check_separate(stores)
+    msg = str(e.value)
+    assert SECRET not in msg
+    assert "postgresql+psycopg2://sweep:***@db:5432/sweep" in msg and "postgresql://sweep:***@db/sweep" in msg
+    assert "two databases (e.g. .../optuna and .../mlflow)" in msg
+    assert "?options=-csearch_path%3Doptuna" in msg and "?options=-csearch_path%3Dmlflow" in msg
+    with pytest.raises(ConfigError) as e:
+        storage.check_separate(storage.Stores("sqlite:///a.db", "sqlite:///./a.db"))
+    assert "two files" in str(e.value) and "csearch_path" not in str(e.value)
+
+
+@pytest.fixture
+def postgres_db() -> str:
+    if not POSTGRES_URL:
+        skip_or_fail_without_postgres()
+    url, drop = postgres_database(POSTGRES_URL)
+    yield url
+    drop()
+
+
+def _plain(url: str) -> str:
+    """The same database as a plain `postgresql://` URL (what users copy from docs)."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.mark.postgres
+def test_plain_postgresql_url_works_in_optuna_itself(postgres_db: str) -> None:
+    """SQLAlchemy 2.1 maps plain `postgresql://` to psycopg 3: it must be installed."""
+    import optuna
+
+    plain = _plain(postgres_db)
+    assert sa.create_engine(plain).dialect.driver == "psycopg"
+    study = optuna.create_study(study_name="plain", storage=plain)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="plain", storage=plain).trials) == 2
+    optuna_cli = str(Path(sys.executable).parent / "optuna")  # the console script; no `python -m optuna`
+    r = subprocess.run([optuna_cli, "studies", "--storage", plain, "-f", "value"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "plain" in r.stdout
+
+
+@pytest.mark.postgres
+def test_optuna_and_mlflow_share_a_database_in_two_schemas(postgres_db: str, tmp_path: Path) -> None:
+    """What check_separate suggests works with both libraries' own tools, and what it refuses fails."""
+    import optuna
+    from mlflow import MlflowClient
+
+    engine = sa.create_engine(postgres_db)
+    with engine.begin() as c:
+        c.execute(sa.text("CREATE SCHEMA optuna; CREATE SCHEMA mlflow"))
+    plain = _plain(postgres_db)
+    optuna_url, mlflow_url = (f"{plain}?options=-csearch_path%3D{s}" for s in ("optuna", "mlflow"))
+    storage.check_separate(storage.Stores(storage.db_url(optuna_url), storage.db_url(mlflow_url)))
+
+    study = optuna.create_study(study_name="s", storage=optuna_url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    r = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", mlflow_url], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    client = MlflowClient(mlflow_url)
+    run = client.create_run(client.create_experiment("e", artifact_location=tmp_path.as_uri()))
+    client.log_metric(run.info.run_id, "m", 0.5)
+    assert len(optuna.load_study(study_name="s", storage=storage.db_url(optuna_url)).trials) == 2
+    assert client.get_metric_history(run.info.run_id, "m")[0].value == 0.5
+    with engine.connect() as c:
+        tables = c.execute(sa.text("SELECT table_schema, table_name FROM information_schema.tables "
+                                   "WHERE table_schema IN ('public', 'optuna', 'mlflow')")).all()
+        versions = {s: c.execute(sa.text(f"SELECT version_num FROM {s}.alembic_version")).scalar_one()
+                    for s in ("optuna", "mlflow")}
+    assert {s for s, _ in tables} == {"optuna", "mlflow"}
+    assert ("optuna", "trials") in tables and ("mlflow", "runs") in tables
+    assert versions["optuna"] != versions["mlflow"]
+
+    # one schema for both is what check_separate refuses: MLflow's migration fails on Optuna's revision
+    with pytest.raises(ConfigError):
+        storage.check_separate(storage.Stores(storage.db_url(optuna_url), storage.db_url(optuna_url)))
+    r = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", optuna_url], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0
+    assert versions["optuna"] in r.stderr
+    engine.dispose()
 
 
 def test_defaults_are_sqlite_files_in_the_working_directory(tmp_path: Path) -> None:
