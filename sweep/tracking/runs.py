@@ -3,23 +3,33 @@
 We own this logging rather than use optuna-integration's MLflowCallback (deprecated, and it
 logs only final values, flat): here every epoch is logged in one `log_batch` call, runs nest
 under their study, and pruned/failed trials end with the matching MLflow status.
+
+Only the parent run is created on the calling thread (at sweep start, where failing fast is
+right). Everything a trial logs goes through the tracker's background `Sender`, so an MLflow
+outage never stalls or fails training; what it could not send, `sweep sync STUDY` replays from
+Optuna (sweep/tracking/sync.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from sweep.errors import ServiceError
 from sweep.storage import mask, tracking_artifact_location
+from sweep.tracking.sender import NoRun, Sender
 
 if TYPE_CHECKING:
     import keras
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from sweep.training import Result
 
@@ -28,6 +38,14 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "sweep.role"
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# How long the training thread waits for MLflow while it answers; never while it is unreachable
+START_WAIT = 5.0  # for the child run's id
+MODEL_WAIT = 60.0  # for the model's URI
+# MLflow retries each HTTP request itself, 7 times with backoff growing to 2 min (about 4 min in
+# all) before it raises: the sender would sit inside one request long after the server is back.
+# Short per-request retries, unless the user set their own; the sender retries as long as needed.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def _now_ms() -> int:
@@ -38,19 +56,50 @@ def _param_value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
 
 
-class Tracker:
-    """The MLflow side of one study: its experiment and parent run."""
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
-    def __init__(self, tracking_uri: str, study_name: str) -> None:
+
+def _filter_value(s: str) -> str:
+    # MLflow's filter grammar has no escape for a quote inside a quoted value
+    if "'" in s:
+        raise ValueError(f"cannot search MLflow for a value containing a quote: {s!r}")
+    return f"'{s}'"
+
+
+def child_tags(parent_id: str, study: str, trial_number: int) -> dict[str, str]:
+    """The tags that make a run the child run of one trial (what `sync` looks runs up by)."""
+    return {"mlflow.parentRunId": parent_id, PARENT_TAG: "trial", "optuna.study_name": study,
+            "optuna.trial_number": str(trial_number)}
+
+
+def run_name(trial_number: int, label: str) -> str:
+    return f"trial-{trial_number}-{label}"[:250]
+
+
+class Tracker:
+    """The MLflow side of one study: its experiment, parent run and background sender.
+
+    With `storage` (the study's Optuna storage URL), what the sender had to give up is replayed
+    from Optuna in the background as soon as MLflow answers again.
+    """
+
+    def __init__(self, tracking_uri: str, study_name: str, storage: str | None = None) -> None:
         import mlflow
         from mlflow import MlflowClient
 
+        if tracking_uri.startswith(("http://", "https://")):
+            for var, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(var, value)
         self.uri = tracking_uri
         self.study_name = study_name
+        self.storage = storage
         # mlflow's model logging goes through the fluent API, which reads the global URI
         mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment()
+        self.sender = Sender(study_name, on_drained=self._replay if storage else None)
+        self._staging: Path | None = None
 
     def _fail(self, what: str, e: Exception) -> ServiceError:
         return ServiceError(
@@ -81,45 +130,109 @@ class Tracker:
         if known_id:
             try:
                 run = self.client.get_run(known_id)
-                if run.info.experiment_id == self.experiment_id:
+                if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
                     return known_id
             except Exception:  # noqa: BLE001 - a run id from another tracking store: look further
                 log.warning("stored parent run %s is not in %s; looking it up by tag",
                             known_id, mask(self.uri))
-        found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'parent'", max_results=1
-        )
-        if found:
-            return found[0].info.run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=self.study_name,
-            tags={PARENT_TAG: "parent", "optuna.study_name": self.study_name},
-        )
-        flat = _flatten(config)
-        from mlflow.entities import Param
+        try:
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'parent'", max_results=1
+            )
+            if found:
+                return found[0].info.run_id
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=self.study_name,
+                tags={PARENT_TAG: "parent", "optuna.study_name": self.study_name},
+            )
+            flat = _flatten(config)
+            from mlflow.entities import Param
 
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param_value(v)) for k, v in flat.items()])
-        self.client.log_text(run.info.run_id, json.dumps(config, indent=2), "study_config.json")
+            params = [Param(k, _param_value(v)) for k, v in flat.items()]
+            for chunk in _chunks(params, 100):
+                self.client.log_batch(run.info.run_id, params=chunk)
+            self.client.log_text(run.info.run_id, json.dumps(config, indent=2), "study_config.json")
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("creating the study's parent run", e) from None
         return run.info.run_id
 
-    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str) -> TrialRun:
-        """A child run named `trial-N-<label>` with every param logged in one batch."""
-        from mlflow.entities import Param
-
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial_number}-{label}"[:250],
-            tags={
-                "mlflow.parentRunId": parent_id,
-                PARENT_TAG: "trial",
-                "optuna.study_name": self.study_name,
-                "optuna.trial_number": str(trial_number),
-            },
+    def find_child(self, trial_number: int) -> Run | None:
+        """The active child run of a trial, by its tags (earliest first), if any."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = "
+                           f"{_filter_value(self.study_name)} and tags.`optuna.trial_number` = '{trial_number}'"),
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
         )
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
-        return TrialRun(self, run_id, trial_number)
+        return found[0] if found else None
+
+    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str) -> TrialRun:
+        """A child run named `trial-N-<label>` with every param, created in the background.
+
+        Returns at once while MLflow is unreachable; `TrialRun.run_id` is None until it exists.
+        """
+        run = TrialRun(self, trial_number)
+        try:
+            from mlflow.entities import Param
+
+            param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+            name, tags = run_name(trial_number, label), child_tags(parent_id, self.study_name, trial_number)
+        except Exception as e:  # noqa: BLE001 - tracking trouble never fails a trial
+            log.warning("MLflow: cannot prepare the run of trial %d: %s", trial_number, e)
+            return run
+
+        def create() -> None:
+            if run.run_id is None:
+                # found first: a retry after a lost answer, or a replay, may have created it
+                found = self.find_child(trial_number)
+                run.run_id = (found or self.client.create_run(self.experiment_id, run_name=name,
+                                                               tags=tags)).info.run_id
+            for chunk in _chunks(param_list, 100):
+                self.client.log_batch(run.run_id, params=chunk)
+
+        op = self.sender.submit(create, f"starting the run of trial {trial_number}", trial_number)
+        self.sender.wait(op, START_WAIT)
+        return run
+
+    def end_run(self, run_id: str, state: str, reason: str | None = None) -> None:
+        """Close a run another (dead) process left RUNNING, in the background."""
+        try:
+            tags, end_ms = _end_tags(state, reason), _now_ms()
+
+            def close() -> None:
+                self.client.log_batch(run_id, tags=tags)
+                self.client.set_terminated(run_id, RUN_STATUS[state], end_time=end_ms)
+
+            self.sender.submit(close, f"closing run {run_id} as {state}")
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow: cannot close run %s as %s: %s", run_id, state, e)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for queued logging. True if everything was sent."""
+        if self.sender.flush(timeout):
+            return True
+        count, trials = self.sender.pending()
+        log.warning("MLflow at %s: %d logging call(s)%s not sent yet; `sweep sync %s` will replay them "
+                    "(Optuna has everything)", mask(self.uri), count,
+                    f" for trial(s) {', '.join(map(str, trials))}" if trials else "", self.study_name)
+        return False
+
+    def stage(self) -> Path:
+        """A private folder for files the sender uploads later (the caller's may be gone by then)."""
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="sweep-mlflow-"))
+            weakref.finalize(self, shutil.rmtree, str(self._staging), True)
+        return Path(tempfile.mkdtemp(dir=self._staging))
+
+    def _replay(self, trials: set[int] | None) -> Collection[int]:
+        from sweep.tracking.sync import sync
+
+        assert self.storage is not None  # only registered with a storage
+        counts = sync(self.study_name, storage=self.storage, tracking_uri=self.uri, trials=trials)
+        log.info("MLflow: replayed from Optuna what could not be sent: %s", counts)
+        return counts["synced"]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -133,6 +246,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _end_tags(state: str, reason: str | None) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    tags = {"optuna.state": state}
+    if reason:
+        tags["sweep.fail_reason"] = reason[:5000]
+    return [RunTag(k, v) for k, v in tags.items()]
+
+
 def _signature(model: keras.Model) -> Any:
     import numpy as np
     from mlflow.models import ModelSignature
@@ -144,85 +266,173 @@ def _signature(model: keras.Model) -> Any:
     return ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
 
 
-class TrialRun:
-    """The child run of one trial."""
+class _SavedKeras:
+    """A model flavor for `Model.log` whose `save_model` copies a model already saved with
+    `mlflow.keras.save_model`: the upload runs on the sender thread, which must not touch the
+    Keras model (its session is cleared for the next trial)."""
 
-    def __init__(self, tracker: Tracker, run_id: str, trial_number: int) -> None:
+    __name__ = "keras"
+
+    def __init__(self, saved: Path) -> None:
+        self.saved = saved
+
+    def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        from mlflow.models import Model
+
+        shutil.copytree(self.saved, path)
+        saved = Model.load(self.saved)
+        # keep the identity Model.log gave this copy (run, logged model), take the rest as saved
+        for field in ("flavors", "signature", "saved_input_example_info", "model_size_bytes", "metadata"):
+            setattr(mlflow_model, field, getattr(saved, field, None))
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+class TrialRun:
+    """The child run of one trial. Nothing here waits on MLflow while it is unreachable or raises."""
+
+    def __init__(self, tracker: Tracker, trial_number: int) -> None:
         self.tracker = tracker
         self.client = tracker.client
-        self.run_id = run_id
+        self.run_id: str | None = None  # set by the sender once the run exists
         self.trial_number = trial_number
+
+    def _send(self, call: Callable[[str], None], what: str, final: bool = False) -> Any:
+        def op() -> None:
+            if self.run_id is None:
+                raise NoRun(f"trial {self.trial_number} has no MLflow run")
+            call(self.run_id)
+
+        return self.tracker.sender.submit(op, f"{what} of trial {self.trial_number}", self.trial_number, final)
 
     def epoch_logger(self) -> keras.callbacks.Callback:
         """A Keras callback logging every numeric value of an epoch's logs in one `log_batch`."""
         import keras
-        from mlflow.entities import Metric
 
-        client, run_id = self.client, self.run_id
+        trial_run = self
 
         class MlflowEpochLogger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                ts = _now_ms()
-                metrics = [
-                    Metric(k, float(v), ts, epoch)
-                    for k, v in (logs or {}).items()
-                    if isinstance(v, (int, float)) or hasattr(v, "__float__")
-                ]
-                client.log_batch(run_id, metrics=metrics)
+                trial_run._log_metrics(_numeric(logs or {}), epoch, f"epoch {epoch} metrics")
 
         return MlflowEpochLogger()
 
-    def log_result(self, result: Result, model: keras.Model, label: str) -> str:
-        """Final test metrics, the tutorials' curve PNGs and the model (Keras flavor). Returns the model URI."""
-        import keras
-        import mlflow
-        import tensorflow as tf
-        from mlflow.models import Model
+    def _log_metrics(self, metrics: dict[str, float], step: int, what: str) -> None:
+        if not metrics:
+            return
+        try:
+            from mlflow.entities import Metric
 
-        from sweep.plots import training_curves
+            ts = _now_ms()
+            batch = [Metric(k, v, ts, step) for k, v in metrics.items()]
+            self._send(lambda rid: [self.client.log_batch(rid, metrics=c) for c in _chunks(batch, 1000)], what)
+        except Exception as e:  # noqa: BLE001 - tracking trouble never fails a trial
+            log.warning("MLflow: cannot queue %s of trial %d: %s", what, self.trial_number, e)
 
+    def _log_files(self, files: list[Path], artifact_dir: str) -> None:
+        if not files:
+            return
+        try:
+            folder = self.tracker.stage()
+            copies = [Path(shutil.copy2(f, folder / f.name)) for f in files]
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow: cannot queue files for %s/ of trial %d: %s", artifact_dir, self.trial_number, e)
+            return
+
+        def upload(rid: str) -> None:
+            for f in copies:
+                self.client.log_artifact(rid, str(f), artifact_dir)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        self._send(upload, f"files for {artifact_dir}/")
+
+    def log_result(self, result: Result, model: keras.Model, label: str) -> str | None:
+        """Final test metrics, the tutorials' curve PNGs and the model (Keras flavor).
+
+        Returns the model URI, or None when MLflow could not take the model now."""
         epochs = max((len(v) for v in result.history.values()), default=0)
         metrics = dict(result.test)
         if result.mean_epoch_seconds is not None:
             metrics["mean_epoch_seconds"] = result.mean_epoch_seconds
-        with tempfile.TemporaryDirectory() as tmp:
-            self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=epochs)
-        # Created through the client so it lands in this study's experiment, not the fluent
-        # API's current one; explicit requirements: inferring them costs ~5 s per model.
-        logged = self.client.create_logged_model(
-            self.tracker.experiment_id, name="model", source_run_id=self.run_id, model_type="keras"
-        )
-        info = Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=mlflow.keras,
-            run_id=self.run_id,
-            model_id=logged.model_id,
-            model=model,
-            signature=_signature(model),
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-        )
-        self.client.set_tag(self.run_id, "sweep.model_uri", info.model_uri)
-        return info.model_uri
+        try:
+            from sweep.plots import training_curves
+
+            with tempfile.TemporaryDirectory() as tmp:
+                self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=epochs)
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow: cannot log the results of trial %d: %s", self.trial_number, e)
+        try:
+            saved = self._save_model(model)
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow: cannot save the model of trial %d: %s", self.trial_number, e)
+            return None
+        return self._upload_model(saved)
+
+    def _save_model(self, model: keras.Model) -> Path:
+        import keras
+        import mlflow
+        import tensorflow as tf
+
+        # saved here, on the training thread, so the sender only copies files; explicit
+        # requirements: inferring them costs ~5 s per model
+        path = self.tracker.stage() / "model"
+        mlflow.keras.save_model(model, str(path), signature=_signature(model),
+                                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+        return path
+
+    def _upload_model(self, saved: Path) -> str | None:
+        from mlflow.models import Model
+
+        logged: dict[str, str] = {}
+
+        def upload(rid: str) -> None:
+            # Created through the client so it lands in this study's experiment, not the fluent
+            # API's current one; kept across retries so one model is logged once
+            if "id" not in logged:
+                logged["id"] = self.client.create_logged_model(
+                    self.tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
+            info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
+                             model_id=logged["id"])
+            self.client.set_tag(rid, "sweep.model_uri", info.model_uri)
+            logged["uri"] = info.model_uri
+            shutil.rmtree(saved.parent, ignore_errors=True)
+
+        op = self._send(upload, "the model")
+        if not self.tracker.sender.wait(op, MODEL_WAIT):
+            log.warning("MLflow: the model of trial %d is not logged yet; it is uploaded in the background "
+                        "(its URI will not be in Optuna)", self.trial_number)
+        return logged.get("uri")
 
     def log_extra(self, metrics: dict[str, float], files: list[Path], artifact_dir: str, step: int = 0) -> None:
         """Metrics computed after training (one `log_batch`) and files under `artifact_dir`."""
-        from mlflow.entities import Metric
-
-        ts = _now_ms()
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
-        for f in files:
-            self.client.log_artifact(self.run_id, str(f), artifact_dir)
+        self._log_metrics(_numeric(metrics), step, f"{artifact_dir} metrics")
+        self._log_files(list(files), artifact_dir)
 
     def end(self, state: str, reason: str | None = None, value: float | None = None) -> None:
         """Tag the Optuna state (and reason) and terminate with the matching MLflow status."""
-        tags = {"optuna.state": state}
-        if reason:
-            tags["sweep.fail_reason"] = reason[:5000]
-        from mlflow.entities import RunTag
+        try:
+            from mlflow.entities import Metric
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if value is not None:
-            self.client.log_metric(self.run_id, "objective_value", value)
-        self.client.set_terminated(self.run_id, RUN_STATUS[state])
+            tags, end_ms = _end_tags(state, reason), _now_ms()
+            metrics = [Metric("objective_value", float(value), end_ms, 0)] if value is not None else []
+            status = RUN_STATUS[state]
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow: cannot close the run of trial %d as %s: %s", self.trial_number, state, e)
+            return
+
+        def close(rid: str) -> None:
+            self.client.log_batch(rid, metrics=metrics, tags=tags)
+            self.client.set_terminated(rid, status, end_time=end_ms)
+
+        self._send(close, f"closing the run as {state}", final=True)
+
+
+def _numeric(logs: dict[str, Any]) -> dict[str, float]:
+    """Plain floats (computed now, on the caller's thread) of every numeric value."""
+    out = {}
+    for k, v in logs.items():
+        if isinstance(v, (int, float)) or hasattr(v, "__float__"):
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                continue
+    return out

@@ -1,0 +1,70 @@
+"""What a study records in Optuna, and reading it back by name.
+
+Optuna is the record: the validated config and the MLflow parent run id live on the study, and
+each trial carries what its MLflow run should hold, so MLflow can always be rebuilt from it
+(`sweep sync`). These names are shared by the runner that writes them and every reader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweep import config as config_mod
+from sweep.errors import SweepError
+from sweep.storage import mask, optuna_storage, resolve
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweep.config import StudyConfig
+
+# study user attributes
+CONFIG_ATTR = "sweep.config"
+PARENT_ATTR = "sweep.mlflow_parent_run_id"
+
+# trial user attributes
+SEED = "seed"
+REPEAT = "repeat"
+CONFIG_INDEX = "config_index"
+WORKER = "worker"
+RUN_ID = "mlflow_run_id"
+MODEL_URI = "mlflow_model_uri"
+FAIL_REASON = "fail_reason"
+INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: run again on resume
+MLFLOW_PARAMS = "mlflow_params"  # exactly the params of the trial's MLflow run
+EPOCH_METRICS = "epoch_metrics"  # one dict of Keras logs per finished epoch
+FINAL_METRICS = ("test_accuracy", "test_loss", "mean_epoch_seconds")
+# written by sweep before 2026-11: a trial pruned untrained because another worker took the
+# last planned one; the worker loop no longer creates them, readers still skip them
+SURPLUS = "surplus"
+
+
+def load_study(name: str, storage: str | None = None) -> optuna.Study:
+    """An existing study by name, or a SweepError naming the studies that do exist."""
+    import optuna
+
+    stores = resolve(storage=storage)
+    sqlite_file = stores.optuna.removeprefix("sqlite:///")
+    if stores.optuna.startswith("sqlite:///") and not Path(sqlite_file).is_file():
+        # opening it would create an empty database: a typo must not leave files behind
+        raise SweepError(
+            f"no Optuna storage at {sqlite_file} (so no study {name!r}); run `sweep run STUDY_FILE` "
+            "here first, or pass --storage (or set SWEEP_OPTUNA_STORAGE) to where the study lives."
+        )
+    rdb = optuna_storage(stores.optuna)
+    try:
+        return optuna.load_study(study_name=name, storage=rdb)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb))
+        raise SweepError(
+            f"no study named {name!r} in {mask(stores.optuna)}; studies there: "
+            f"{', '.join(names) or 'none'}. Pass --storage to look elsewhere."
+        ) from None
+
+
+def stored_config(study: optuna.Study) -> StudyConfig:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise SweepError(f"study {study.study_name!r} was not created by sweep (no stored config)")
+    return config_mod.parse(raw, f"study {study.study_name!r} (stored config)")

@@ -1,0 +1,226 @@
+"""Replay a study from Optuna into MLflow: `sweep sync STUDY`.
+
+Optuna is the source of truth; MLflow is a replica this rebuilds. For every finished trial
+(COMPLETE, PRUNED, FAIL) the child run is found (its `mlflow_run_id`, else its tags) or created,
+then given what it lacks: params, every epoch's metrics at their step, the final metrics, the
+state tags and the terminal status. Only what is missing is written, so a second sync writes
+nothing. RUNNING trials are left to their worker. Models are not replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection
+
+from sweep.errors import ServiceError, SweepError
+from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
+                          RUN_ID, SURPLUS, load_study, stored_config)
+from sweep.storage import check_tracking, mask, resolve
+from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
+                                 run_name)
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow.entities import Run
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_REASON = "interrupted by the user"
+
+
+def sync(study: str, storage: str | None = None, tracking_uri: str | None = None, config: str | Path | None = None,
+         trials: Collection[int] | None = None) -> dict[str, Any]:
+    """Make MLflow complete and correct for every finished trial of `study` (or only `trials`).
+
+    Returns counts: trials synced, runs_created, params_logged, metrics_logged, tags_set,
+    runs_ended, running (left alone), and `synced`, the trial numbers made complete."""
+    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+    opt = load_study(study, stores.optuna)
+    cfg = stored_config(opt).model_dump(mode="json")
+    check_tracking(stores.tracking)
+    tracker = Tracker(stores.tracking, study)
+    known = opt.user_attrs.get(PARENT_ATTR)
+    parent = tracker.parent_run(known, cfg)
+    if parent != known:
+        opt.set_user_attr(PARENT_ATTR, parent)
+    replica = _Replica(tracker, parent)
+    try:
+        replica.sync(opt, trials)
+    except SweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MlflowException, requests, SQLAlchemy errors
+        raise ServiceError(
+            f"sweep sync {study}: writing to MLflow at {mask(stores.tracking)} failed after "
+            f"{replica.counts['trials']} trial(s): {mask((str(e).strip().splitlines() or [type(e).__name__])[0])}. "
+            "Check that the tracking server is reachable and run the same command again (it resumes)."
+        ) from None
+    log.info("sync %s: %s", study, {k: v for k, v in replica.counts.items() if k != "synced"})
+    return replica.counts
+
+
+def _ms(dt: datetime | None) -> int | None:
+    return int(dt.timestamp() * 1000) if dt is not None else None
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _label(params: dict[str, Any]) -> str:
+    from sweep.activations import resolve_params
+
+    try:
+        params = resolve_params(dict(params))  # as the objective names runs
+    except (KeyError, ValueError):
+        pass
+    return "-".join(str(v) for v in params.values())
+
+
+class _Replica:
+    """MLflow as it should be for one study, written where it is not."""
+
+    def __init__(self, tracker: Tracker, parent: str) -> None:
+        self.tracker = tracker
+        self.client = tracker.client
+        self.parent = parent
+        self.counts: dict[str, Any] = {"trials": 0, "runs_created": 0, "params_logged": 0, "metrics_logged": 0,
+                                       "tags_set": 0, "runs_ended": 0, "running": 0, "synced": []}
+
+    def sync(self, study: optuna.Study, only: Collection[int] | None) -> None:
+        from optuna.trial import TrialState
+
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        todo = []
+        for t in study.get_trials(deepcopy=False):
+            if only is not None and t.number not in only:
+                continue
+            if t.state not in finished:
+                self.counts["running"] += t.state == TrialState.RUNNING
+                continue
+            if not t.user_attrs.get(SURPLUS):
+                todo.append(t)
+        children = self._children() if todo else {}
+        for t in todo:
+            self._trial(t, children.get(t.number, []))
+            self.counts["trials"] += 1
+            self.counts["synced"].append(t.number)
+
+    def _children(self) -> dict[int, list[Run]]:
+        """Every active child run of the study, by trial number (earliest first)."""
+        from mlflow.entities import ViewType
+
+        flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = "
+               f"{_filter_value(self.tracker.study_name)}")
+        out: dict[int, list[Run]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.tracker.experiment_id], filter_string=flt,
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                           order_by=["attributes.start_time ASC"], page_token=token)
+            for r in page:
+                try:
+                    out.setdefault(int(r.data.tags["optuna.trial_number"]), []).append(r)
+                except (KeyError, ValueError):
+                    continue
+            token = page.token
+            if not token:
+                return out
+
+    def _run_for(self, t: optuna.trial.FrozenTrial, found: list[Run]) -> Run:
+        known = t.user_attrs.get(RUN_ID)
+        for r in found:
+            if r.info.run_id == known:
+                return r
+        if known and not found:
+            # a run written without our tags (or before them): use it if it is still here
+            try:
+                r = self.client.get_run(known)
+                if r.info.experiment_id == self.tracker.experiment_id and r.info.lifecycle_stage == "active":
+                    return r
+            except Exception:  # noqa: BLE001 - deleted for good, or from another store: create it
+                pass
+        if found:
+            return found[0]
+        run = self.client.create_run(
+            self.tracker.experiment_id, start_time=_ms(t.datetime_start),
+            run_name=run_name(t.number, _label(t.params)),
+            tags=child_tags(self.parent, self.tracker.study_name, t.number),
+        )
+        self.counts["runs_created"] += 1
+        log.info("sync: created the run of trial %d (%s)", t.number, run.info.run_id)
+        return run
+
+    def _trial(self, t: optuna.trial.FrozenTrial, found: list[Run]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        before = self.counts["runs_created"]
+        run = self._run_for(t, found)
+        created = self.counts["runs_created"] > before
+        rid, data = run.info.run_id, run.data
+        attrs = t.user_attrs
+        interrupted = t.state.name == "FAIL" and bool(attrs.get(INTERRUPTED))
+        state = "INTERRUPTED" if interrupted else t.state.name
+
+        # params: MLflow's are immutable, so only missing ones can be written
+        want = attrs.get(MLFLOW_PARAMS)
+        if not isinstance(want, dict):  # a trial from before the objective stored them
+            want = {**t.params, **({"seed": attrs["seed"]} if "seed" in attrs else {})}
+        params = []
+        for k, v in want.items():
+            value = _param_value(v)
+            if k not in data.params:
+                params.append(Param(k, value))
+            elif data.params[k] != value:
+                log.warning("sync: trial %d: MLflow param %s=%r differs from Optuna's %r; params cannot "
+                            "be changed", t.number, k, data.params[k], value)
+
+        # every epoch's metrics at its step, timed as the epochs ran when their durations are known
+        metrics = []
+        epochs = attrs.get(EPOCH_METRICS) or []
+        start = _ms(t.datetime_start) or _ms(t.datetime_complete) or 0
+        elapsed, stamps = 0.0, []
+        for row in epochs:
+            elapsed += float(row.get("epoch_seconds", 0.0) or 0.0) if isinstance(row, dict) else 0.0
+            stamps.append(start + int(elapsed * 1000))
+        for key in sorted({k for row in epochs if isinstance(row, dict) for k in row}):
+            have = set() if created else {m.step for m in self.client.get_metric_history(rid, key)}
+            for step, row in enumerate(epochs):
+                if isinstance(row, dict) and key in row and step not in have and _is_number(row[key]):
+                    metrics.append(Metric(key, float(row[key]), stamps[step], step))
+
+        # final metrics: the last epoch's step, as the objective logs them; objective_value at 0
+        end = _ms(t.datetime_complete) or start
+        finals = [(k, attrs[k], len(epochs)) for k in FINAL_METRICS if _is_number(attrs.get(k))]
+        if t.state.name == "COMPLETE" and t.value is not None:
+            finals.append(("objective_value", t.value, 0))
+        for k, v, step in finals:
+            if k not in data.metrics or not _same(data.metrics[k], float(v)):
+                metrics.append(Metric(k, float(v), end, step))
+
+        want_tags = {"optuna.state": state, **child_tags(self.parent, self.tracker.study_name, t.number)}
+        reason = attrs.get(FAIL_REASON) or (INTERRUPTED_REASON if interrupted else None)
+        if reason:
+            want_tags["sweep.fail_reason"] = str(reason)[:5000]
+        tags = [RunTag(k, v) for k, v in want_tags.items() if data.tags.get(k) != v]
+
+        for chunk in _chunks(params, 100):
+            self.client.log_batch(rid, params=chunk)
+        for chunk in _chunks(tags, 100):
+            self.client.log_batch(rid, tags=chunk)
+        for chunk in _chunks(metrics, 1000):
+            self.client.log_batch(rid, metrics=chunk)
+        self.counts["params_logged"] += len(params)
+        self.counts["tags_set"] += len(tags)
+        self.counts["metrics_logged"] += len(metrics)
+
+        status = RUN_STATUS[state]
+        if run.info.status != status:
+            self.client.set_terminated(rid, status, end_time=end)
+            self.counts["runs_ended"] += 1
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
