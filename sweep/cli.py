@@ -29,6 +29,17 @@ TrackingOpt = typer.Option(
 )
 
 
+def _use_config(path: Optional[str]) -> Optional[str]:
+    # every command resolves stores through sweep.storage.resolve, which reads SWEEP_CONFIG
+    if path:
+        os.environ["SWEEP_CONFIG"] = path
+    return path
+
+
+ConfigOpt = typer.Option(None, "--config", callback=_use_config,
+                         help="settings file [env SWEEP_CONFIG; default ./mlflow.yaml]")
+
+
 class _DropTraceback(logging.Filter):
     """Optuna logs a traceback for every caught trial failure; our trial line gives the reason."""
 
@@ -43,7 +54,10 @@ def _setup_logging(verbose: bool) -> None:
     # MLflow prints a "View run" URL per run over HTTP; our trial line already names the run
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    # workers started by `sweep run --workers N` share one terminal: say whose line it is
+    who = os.environ.get("SWEEP_WORKER_NAME")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
+                                           "%H:%M:%S"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
@@ -61,10 +75,10 @@ def _guard() -> Iterator[None]:
     except SweepError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.echo("interrupted: finished trials are saved; run the same command again to resume",
                    err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + getattr(e, "signum", 2)) from None
 
 
 @app.command()
@@ -73,18 +87,79 @@ def run(
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials now"),
-    config: Optional[str] = typer.Option(None, "--config", help="settings file [env SWEEP_CONFIG; default ./mlflow.yaml]"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="local worker processes on this study (more than 1 needs PostgreSQL)"),
+    config: Optional[str] = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run, resume or join a study; one line per finished trial."""
     _setup_logging(verbose)
     with _guard():
+        if workers > 1:
+            raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose))
         from sweep.runner.study import run as run_study
 
-        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
-                      progress_bar=sys.stderr.isatty())
+        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
         log.info("done: %d trials in study %s; `sweep best %s` shows the best", len(s.trials),
                  s.study_name, s.study_name)
+
+
+def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
+              workers: int, config: Optional[str], verbose: bool) -> int:
+    from sweep.errors import ConfigError
+    from sweep.runner.pool import check_parallel_storage, run_workers
+    from sweep.runner.study import prepare
+    from sweep.runner.worker import stop_on_signals
+    from sweep.storage import resolve, settings
+
+    if n_trials is not None:
+        raise ConfigError("--n-trials", [f"cannot be combined with --workers {workers}: workers run "
+                                         "until the study has search.n_trials (or its plan) done"])
+    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+    check_parallel_storage(stores, workers)
+    with stop_on_signals():
+        p = prepare(study, stores, settings(config).workers)
+        if p.todo <= 0:
+            log.info("study %s is complete; nothing to run", p.cfg.study)
+            return 0
+        code = run_workers(p.cfg.study, stores, workers, config, verbose)
+    if code == 0:
+        log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
+    return code
+
+
+@app.command()
+def worker(
+    study: str = typer.Argument(..., help="name of a study in the Optuna storage, or a study file (the first "
+                                          "worker creates the study; the others join it)"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials"),
+    config: Optional[str] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Join a running study from any machine; exits 0 once the study has what it needs."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.runner.study import run as run_study
+
+        run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
+                  join=True)
+
+
+@app.command()
+def status(
+    study: str = typer.Argument(..., help="study name"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
+) -> None:
+    """Trials by state and by worker, running trials and their times, ETA."""
+    with _guard():
+        from sweep.runner.status import format_status, status as study_status
+
+        st = study_status(study, storage=storage)
+    typer.echo(json.dumps(st.to_dict()) if as_json else format_status(st))
 
 
 @app.command()
@@ -92,6 +167,7 @@ def best(
     study: str = typer.Argument(..., help="study name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
     """The best trial's config: value, activation params, MLflow run id."""
@@ -115,6 +191,7 @@ def best(
 def trials(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
 ) -> None:
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
     with _guard():
@@ -122,7 +199,7 @@ def trials(
 
         df = trials_df(study, storage=storage)
     keep = [c for c in ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init",
-                        "prelu_shared_axes", "seed", "mlflow_run_id", "fail_reason") if c in df]
+                        "prelu_shared_axes", "seed", "worker", "mlflow_run_id", "fail_reason") if c in df]
     typer.echo(df[keep].to_string(index=False))
 
 
@@ -137,6 +214,7 @@ def compare(
     baseline: Optional[str] = BaselineOpt,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
 ) -> None:
     """Per configuration over repeats: n, mean ± std, 95% CI; vs baseline: difference, CI, p (Welch)."""
     with _guard():
@@ -153,6 +231,7 @@ def report(
     metric: str = MetricOpt,
     baseline: Optional[str] = BaselineOpt,
     storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
     tracking_uri: Optional[str] = TrackingOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -187,6 +266,25 @@ def server(
         server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
         code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
     raise typer.Exit(code)
+
+
+@app.command()
+def sync(
+    study: str = typer.Argument(..., help="study name"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    config: Optional[str] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Replay a study from Optuna into MLflow: runs, params, every epoch's metrics, final metrics, state."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.tracking.sync import sync as sync_study
+
+        c = sync_study(study, storage=storage, tracking_uri=tracking_uri, config=config)
+    typer.echo(f"synced {c['trials']} finished trial(s) of {study}: {c['runs_created']} run(s) created, "
+               f"{c['metrics_logged']} metric value(s), {c['params_logged']} param(s) and {c['tags_set']} tag(s) "
+               f"logged, {c['runs_ended']} run(s) ended; {c['running']} running trial(s) left to their worker")
 
 
 def main() -> None:

@@ -346,12 +346,30 @@ class ServerSettings(Strict):
     allowed_hosts: str | None = None
 
 
+class WorkerSettings(Strict):
+    """How workers keep a study honest when one of them, or the database, goes away."""
+
+    heartbeat_interval: int = Field(10, ge=1)  # seconds between a running trial's heartbeats
+    # seconds without a heartbeat before a trial counts as dead, is marked FAIL and queued again
+    grace_period: int = Field(60, ge=2)
+    max_retry: int = Field(2, ge=0)  # how often one trial is queued again after its worker died
+    storage_outage: float = Field(120.0, gt=0)  # seconds a worker waits for the database to return
+
+    @model_validator(mode="after")
+    def _grace(self) -> WorkerSettings:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period must be longer than heartbeat_interval "
+                             f"({self.heartbeat_interval} s), got {self.grace_period}")
+        return self
+
+
 class ServiceSettings(Strict):
     """The content of mlflow.yaml."""
 
     tracking_uri: str | None = None
     optuna_storage: str | None = None
     server: ServerSettings = ServerSettings()
+    workers: WorkerSettings = WorkerSettings()
 
 
 def _expand(value: Any, path: str, problems: list[str]) -> Any:

@@ -23,7 +23,7 @@ from sweep.models import ACTIVATION_LAYERS
 from sweep.plots import save_with_legend_below
 from sweep.stats import compare_study, format_comparison, trial_samples
 from sweep.storage import mask, resolve
-from sweep.runner.study import PARENT_ATTR, load_study, stored_config
+from sweep.record import PARENT_ATTR, load_study, stored_config
 
 if TYPE_CHECKING:
     import optuna

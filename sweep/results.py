@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sweep.runner import objective as obj
+from sweep import record as obj
 from sweep.activations import resolve_params
 from sweep.errors import SweepError
 from sweep.storage import mask, resolve
-from sweep.runner.study import load_study, stored_config
+from sweep.record import load_study, stored_config
 
 if TYPE_CHECKING:
     import pandas as pd

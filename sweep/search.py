@@ -8,6 +8,7 @@ distributions holding exactly those values, so every trial carries its params in
 from __future__ import annotations
 
 import itertools
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,15 +71,22 @@ def sample(trial: optuna.trial.Trial, space: SpaceConfig) -> dict[str, Any]:
     return resolve_params(params)
 
 
-def make_sampler(search: SearchConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """`offset` (trials already in the study) keeps a resumed sampler from replaying its seeds."""
+def make_sampler(search: SearchConfig, offset: int = 0, worker: str | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """`offset` (trials already in the study) keeps a resumed sampler from replaying its seeds;
+    `worker` (a name unique to one of several processes) gives each its own stream, so workers
+    that start together do not draw the same parameters."""
     import optuna
 
     seed = search.seed + offset
+    if worker is not None:
+        entropy = [search.seed, offset, *worker.encode(), *os.urandom(8)]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # grid: explicit trials are enqueued; the sampler only matters if more trials are asked for
-    return optuna.samplers.TPESampler(seed=seed)
+    # grid: explicit trials are enqueued; the sampler only matters if more trials are asked for.
+    # constant_liar: running trials count as (bad) results, so parallel workers spread out
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:

@@ -229,8 +229,8 @@ def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, 
     import pandas as pd
     from optuna.trial import TrialState
 
-    from sweep.runner.objective import CONFIG_INDEX
-    from sweep.runner.study import stored_config
+    from sweep.record import CONFIG_INDEX
+    from sweep.record import stored_config
 
     cfg = stored_config(study)
     every = study.get_trials(deepcopy=False)
@@ -276,6 +276,6 @@ def compare(study: str, storage: str | None = None, metric: str = "test_accuracy
     baseline defaults to `relu` (else the first configuration).
     `format_comparison(result)` renders it; `result.table` is a DataFrame.
     """
-    from sweep.runner.study import load_study
+    from sweep.record import load_study
 
     return compare_study(load_study(study, storage), metric, baseline, confidence)

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from sweep import diagnostics, search
 from sweep.errors import ServiceError, TrialFailed
 from sweep.models import ACTIVATION_LAYERS, build_model
+# the names are re-exported: `objective.RUN_ID` reads as what a trial carries
+from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
+                          INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.storage import mask
 from sweep.training import train
 
@@ -25,15 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Optuna user attributes written on each trial
-SEED = "seed"
-REPEAT = "repeat"
-CONFIG_INDEX = "config_index"
-RUN_ID = "mlflow_run_id"
-MODEL_URI = "mlflow_model_uri"
-FAIL_REASON = "fail_reason"
-INTERRUPTED = "interrupted"
-SURPLUS = "surplus"
+# written per run of a trial; a retried trial inherits its dead predecessor's attributes
+_PER_RUN = (RUN_ID, MODEL_URI, FAIL_REASON, INTERRUPTED, EPOCH_METRICS, *FINAL_METRICS)
 
 
 def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -51,6 +47,23 @@ def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: in
     }
 
 
+def _epoch_recorder(trial: optuna.trial.Trial) -> Any:
+    """Each epoch's numeric logs into the trial (one storage write per epoch)."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epochs: list[dict[str, float]] = []
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.epochs.append({k: float(v) for k, v in (logs or {}).items()
+                                if isinstance(v, (int, float)) or hasattr(v, "__float__")})
+            trial.set_user_attr(EPOCH_METRICS, self.epochs)
+
+    return EpochRecorder()
+
+
 def _safe_end(run: TrialRun, state: str, reason: str | None = None) -> None:
     # the trial's own outcome matters more than a tracking hiccup while recording it
     try:
@@ -66,10 +79,11 @@ def make_objective(
     parent_run_id: str,
     space: SpaceConfig,
     extra_callbacks: Callable[[Dataset, dict[str, Any]], list[Any]] | None = None,
-    explicit_plan: bool = False,
 ) -> Callable[[optuna.trial.Trial], float]:
-    """Build the objective for `study.optimize`. `extra_callbacks` adds Keras callbacks per trial;
-    with `explicit_plan`, only enqueued trials are trained."""
+    """Build the objective a worker calls for each trial. `extra_callbacks` adds Keras callbacks
+    per trial."""
+    from sweep.runner.worker import worker_name
+
     has_val = cfg.dataset.validation_split > 0
     monitor = search.monitor(cfg.search, has_val)
 
@@ -78,31 +92,35 @@ def make_objective(
         import optuna
         from optuna_integration import KerasPruningCallback
 
-        if explicit_plan and CONFIG_INDEX not in trial.user_attrs:
-            # another worker took the last planned trial between our check and this ask()
-            trial.set_user_attr(SURPLUS, True)
-            trial.study.stop()
-            raise optuna.TrialPruned("no planned configuration left for this worker")
+        for key in _PER_RUN:
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
+        trial.set_user_attr(WORKER, worker_name())
         params = search.sample(trial, space)
         seed = int(trial.user_attrs.get(SEED, cfg.search.seed + trial.number))
         trial.set_user_attr(SEED, seed)
         trial.set_user_attr("input_shape", list(data.input_shape))
         trial.set_user_attr("num_classes", data.num_classes)
-        run = tracker.start_trial(parent_run_id, trial.number, run_params(cfg, data, params, seed),
+        logged = run_params(cfg, data, params, seed)
+        trial.set_user_attr(MLFLOW_PARAMS, logged)
+        run = tracker.start_trial(parent_run_id, trial.number, logged,
                                   label="-".join(str(v) for v in params.values()))
-        trial.set_user_attr(RUN_ID, run.run_id)
+        if run.run_id is not None:
+            trial.set_user_attr(RUN_ID, run.run_id)
         try:
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
             model = build_model(cfg.model, data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
                          *diagnostics.callbacks(cfg.diagnostics, data, ACTIVATION_LAYERS[cfg.model]),
-                         run.epoch_logger(), KerasPruningCallback(trial, monitor)]
+                         _epoch_recorder(trial), run.epoch_logger(), KerasPruningCallback(trial, monitor)]
             result = train(model, data, cfg.training, seed, callbacks)
             metric = cfg.search.metric
             value = result.test[metric] if metric.startswith("test_") else result.history[metric][-1]
             label = ", ".join(f"{k}={v}" for k, v in params.items())
-            trial.set_user_attr(MODEL_URI, run.log_result(result, model, label))
+            model_uri = run.log_result(result, model, label)
+            if model_uri is not None:
+                trial.set_user_attr(MODEL_URI, model_uri)
             if cfg.diagnostics.prelu_alphas:
                 with tempfile.TemporaryDirectory() as tmp:
                     alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), ACTIVATION_LAYERS[cfg.model])
@@ -114,18 +132,21 @@ def make_objective(
         except optuna.TrialPruned:
             _safe_end(run, "PRUNED")
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             trial.set_user_attr(INTERRUPTED, True)
-            _safe_end(run, "INTERRUPTED", "interrupted by the user")
+            _safe_end(run, "INTERRUPTED", f"interrupted ({e or 'SIGINT'}); run again on resume")
             raise
         except ServiceError:
-            _safe_end(run, "FAIL", "tracking service error")
+            # the Optuna storage stayed unreachable: the worker stops, the trial is retried
+            _safe_end(run, "FAIL", "the Optuna storage became unreachable")
             raise
         except Exception as e:  # noqa: BLE001 - any training error fails this trial, not the sweep
             reason = mask((str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}").strip()[:2000])
             trial.set_user_attr(FAIL_REASON, reason)
             _safe_end(run, "FAIL", reason)
             raise TrialFailed(reason) from e
+        if run.run_id is not None and trial.user_attrs.get(RUN_ID) != run.run_id:
+            trial.set_user_attr(RUN_ID, run.run_id)  # created late, after a tracking outage
         run.end("COMPLETE", value=value)
         return value
 

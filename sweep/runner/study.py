@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep import config as config_mod
 from sweep import data as data_mod
-from sweep.runner import objective as obj
 from sweep import search
-from sweep.errors import ConfigError, SweepError, TrialFailed
-from sweep.storage import Stores, check_tracking, mask, optuna_storage, resolve, study_lock
+from sweep.errors import ConfigError
+from sweep.record import CONFIG_ATTR, PARENT_ATTR, load_study, stored_config  # noqa: F401 (re-exported)
+from sweep.runner import objective as obj
+from sweep.runner import worker
+from sweep.storage import (Stores, check_separate, check_tracking, mask, optuna_storage, resolve,
+                           settings, study_lock)
 from sweep.tracking.runs import Tracker
 
 if TYPE_CHECKING:
     import optuna
 
-    from sweep.config import StudyConfig
+    from sweep.config import StudyConfig, WorkerSettings
+    from sweep.runner.liveness import ResilientRDBStorage, StaleTrialCallback
 
 log = logging.getLogger(__name__)
 
-CONFIG_ATTR = "sweep.config"
-PARENT_ATTR = "sweep.mlflow_parent_run_id"
 # config fields a resumed study may change: they extend the budget, not what a trial means
 RESUMABLE_CHANGES = {"search.n_trials"}
 
@@ -39,36 +42,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
-
-
-def load_study(name: str, storage: str | None = None) -> optuna.Study:
-    """An existing study by name, or a SweepError naming the studies that do exist."""
-    import optuna
-
-    stores = resolve(storage=storage)
-    sqlite_file = stores.optuna.removeprefix("sqlite:///")
-    if stores.optuna.startswith("sqlite:///") and not Path(sqlite_file).is_file():
-        # opening it would create an empty database: a typo must not leave files behind
-        raise SweepError(
-            f"no Optuna storage at {sqlite_file} (so no study {name!r}); run `sweep run STUDY_FILE` "
-            "here first, or pass --storage (or set SWEEP_OPTUNA_STORAGE) to where the study lives."
-        )
-    rdb = optuna_storage(stores.optuna)
-    try:
-        return optuna.load_study(study_name=name, storage=rdb)
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb))
-        raise SweepError(
-            f"no study named {name!r} in {mask(stores.optuna)}; studies there: "
-            f"{', '.join(names) or 'none'}. Pass --storage to look elsewhere."
-        ) from None
-
-
-def stored_config(study: optuna.Study) -> StudyConfig:
-    raw = study.user_attrs.get(CONFIG_ATTR)
-    if raw is None:
-        raise SweepError(f"study {study.study_name!r} was not created by sweep (no stored config)")
-    return config_mod.parse(raw, f"study {study.study_name!r} (stored config)")
 
 
 def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage) -> optuna.Study:
@@ -103,59 +76,25 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
-def _counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
-    from optuna.trial import TrialState
-
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    # failed trials consumed budget; interrupted ones (Ctrl-C) are re-run on resume
-    return t.state == TrialState.FAIL and not t.user_attrs.get(obj.INTERRUPTED)
-
-
 def _enqueue_plan(study: optuna.Study, configs: list[dict[str, Any]], cfg: StudyConfig) -> int:
-    """Enqueue each (config, repeat) not yet finished, waiting or running. Returns how many wait."""
+    """Enqueue each (config, repeat) not yet done, waiting or running. Returns how many wait."""
     from optuna.trial import TrialState
 
-    have = set()
-    waiting = 0
-    for t in study.get_trials(deepcopy=False):
-        key = (t.user_attrs.get(obj.CONFIG_INDEX), t.user_attrs.get(obj.REPEAT))
-        if t.state == TrialState.WAITING:
-            waiting += 1
-            have.add(key)
-        elif t.state == TrialState.RUNNING or _counts_against_budget(t):
-            have.add(key)
+    trials = study.get_trials(deepcopy=False)
+    have = {_plan_key(t) for t in worker.done(trials)}
+    have |= {_plan_key(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     for i, params in enumerate(configs):
         for r in range(cfg.search.repeats):
-            if (i, r) in have:
-                continue
-            study.enqueue_trial(
-                params,
-                user_attrs={obj.CONFIG_INDEX: i, obj.REPEAT: r, obj.SEED: cfg.search.seed + r},
-            )
-            waiting += 1
-    return waiting
+            if (i, r) not in have:
+                study.enqueue_trial(
+                    params,
+                    user_attrs={obj.CONFIG_INDEX: i, obj.REPEAT: r, obj.SEED: cfg.search.seed + r},
+                )
+    return sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def _stop_when_done(cfg: StudyConfig, explicit_plan: bool) -> Any:
-    """Stop this worker once the study's budget is used by all workers together.
-
-    Optuna's MaxTrialsCallback counts states only; interrupted trials (FAIL) must not count, and
-    a plan is done when its queue is empty.
-    """
-    from optuna.trial import TrialState
-
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
-        if explicit_plan:
-            done = not any(t.state == TrialState.WAITING for t in trials)
-        else:
-            busy = sum(_counts_against_budget(t) or t.state == TrialState.RUNNING for t in trials)
-            done = busy >= (cfg.search.n_trials or 0)
-        if done:
-            study.stop()
-
-    return callback
+def _plan_key(t: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
+    return t.user_attrs.get(obj.CONFIG_INDEX), t.user_attrs.get(obj.REPEAT)
 
 
 def _trial_line(metric: str) -> Any:
@@ -181,6 +120,65 @@ def _trial_line(metric: str) -> Any:
     return callback
 
 
+@dataclass
+class Prepared:
+    """A study ready for workers: its config, the Optuna study and its MLflow side."""
+
+    cfg: StudyConfig
+    stores: Stores
+    study: optuna.Study
+    rdb: ResilientRDBStorage
+    tracker: Tracker
+    parent: str
+    configs: list[dict[str, Any]] | None  # the explicit plan, or None for sampled search
+    todo: int  # trials still wanted by the study as a whole
+    workers: WorkerSettings
+
+
+def open_storage(url: str, ws: WorkerSettings, on_stale: StaleTrialCallback | None = None
+                 ) -> ResilientRDBStorage:
+    """The Optuna storage a worker uses: heartbeats on, stale trials re-queued, outages ridden."""
+    import warnings
+
+    import optuna
+
+    from sweep.runner.liveness import ResilientRDBStorage
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna_storage(url, ResilientRDBStorage, heartbeat_interval=ws.heartbeat_interval,
+                             grace_period=ws.grace_period, heartbeat_stale_trial_callback=on_stale)
+    rdb.outage_seconds = ws.storage_outage
+    return rdb
+
+
+def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings) -> Prepared:
+    """Validate, open both stores and set the study up once: create it, its MLflow parent run,
+    fail the trials of dead workers, enqueue the plan. Nothing is trained here."""
+    from sweep.runner.liveness import StaleTrialCallback
+
+    cfg = _config_for(study, stores)
+    check_separate(stores)
+    check_tracking(stores.tracking)
+    on_stale = StaleTrialCallback(ws.max_retry)
+    rdb = open_storage(stores.optuna, ws, on_stale)
+    # workers joining at once must not each create a parent run or enqueue the plan again
+    with study_lock(stores.optuna, cfg.study):
+        opt_study = _open(cfg, stores, rdb)
+        tracker = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
+        on_stale.tracker = tracker
+        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
+        opt_study.set_user_attr(PARENT_ATTR, parent)
+        worker.fail_stale(opt_study)
+        configs = search.plan(cfg.search)
+        if configs is not None:
+            todo = _enqueue_plan(opt_study, configs, cfg)
+        else:
+            assert cfg.search.n_trials is not None
+            todo = cfg.search.n_trials - worker.budget_used(opt_study.get_trials(deepcopy=False))
+    return Prepared(cfg, stores, opt_study, rdb, tracker, parent, configs, todo, ws)
+
+
 def run(
     study: str | Path | StudyConfig,
     storage: str | None = None,
@@ -189,56 +187,48 @@ def run(
     dataset: data_mod.Dataset | None = None,
     extra_callbacks: Any = None,
     config: str | Path | None = None,
-    progress_bar: bool = False,
+    join: bool = False,
 ) -> optuna.Study:
-    """Run (or resume, or join) a study.
+    """Run (or resume, or join) a study in this process.
 
     `study` is a study file path, a validated `StudyConfig`, or the name of a study already in
     `storage` (its stored config is used). `n_trials` caps the trials this call runs. `config`
-    is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence).
+    is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence). `join`:
+    this process is one of several workers (its sampler draws from its own seed).
     Everything is validated and the data loaded before either store is written.
     """
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+    workers = settings(config).workers
     cfg = _config_for(study, stores)
     data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
+    p = prepare(cfg, stores, workers)
+    if p.todo <= 0 or n_trials == 0:
+        log.info("study %s is complete (%d trials); nothing to run", cfg.study, len(p.study.trials))
+        return p.study
 
-    check_tracking(stores.tracking)
-    rdb = optuna_storage(stores.optuna)
-    # workers joining at once must not each create a parent run or enqueue the plan again
-    with study_lock(stores.optuna, cfg.study):
-        opt_study = _open(cfg, stores, rdb)
-        tracker = Tracker(stores.tracking, cfg.study)
-        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
-        opt_study.set_user_attr(PARENT_ATTR, parent)
-        configs = search.plan(cfg.search)
-        if configs is not None:
-            space = search.space_of(configs)
-            todo = _enqueue_plan(opt_study, configs, cfg)
-        else:
-            assert cfg.search.space is not None and cfg.search.n_trials is not None
-            space = cfg.search.space
-            done = sum(_counts_against_budget(t) for t in opt_study.get_trials(deepcopy=False))
-            todo = cfg.search.n_trials - done
-    if n_trials is not None:
-        todo = min(todo, n_trials)
-    if todo <= 0:
-        log.info("study %s is complete (%d trials); nothing to run", cfg.study, len(opt_study.trials))
-        return opt_study
+    offset = len(p.study.trials)
+    p.study.sampler = search.make_sampler(cfg.search, offset=offset,
+                                          worker=worker.worker_name() if join else None)
+    p.study.pruner = search.make_pruner(cfg.search)
+    log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s", cfg.study,
+             min(p.todo, n_trials or p.todo), stores, p.parent)
+    space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
+    objective = obj.make_objective(cfg, data, p.tracker, p.parent, space, extra_callbacks)
 
-    opt_study.sampler = search.make_sampler(cfg.search, offset=len(opt_study.trials))
-    opt_study.pruner = search.make_pruner(cfg.search)
-    log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s", cfg.study, todo, stores, parent)
-    objective = obj.make_objective(cfg, data, tracker, parent, space, extra_callbacks,
-                                   explicit_plan=configs is not None)
-    opt_study.optimize(
-        objective,
-        n_trials=todo,
-        catch=(TrialFailed,),
-        callbacks=[_trial_line(cfg.search.metric), _stop_when_done(cfg, configs is not None)],
-        gc_after_trial=True,
-        show_progress_bar=progress_bar,
-    )
-    return opt_study
+    from sweep.runner.liveness import Heartbeat
+
+    def heartbeat(trial_id: int) -> Heartbeat:
+        return Heartbeat(p.rdb, trial_id, workers.heartbeat_interval)
+
+    try:
+        with worker.stop_on_signals():
+            worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None,
+                        lock_url=stores.optuna, heartbeat=heartbeat, n_trials=n_trials,
+                        poll_seconds=workers.heartbeat_interval,
+                        callbacks=[_trial_line(cfg.search.metric)])
+    finally:
+        p.tracker.flush(timeout=30)
+    return p.study
 
 
 def _config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:

@@ -1,0 +1,83 @@
+"""`sweep run --workers N`: N local `sweep worker` processes on one study.
+
+The study is set up once here (validated, created, its parent run opened, the plan enqueued);
+the workers then only join it by name, exactly as `sweep worker` does on other machines. Store
+URLs travel in the environment, never on a command line where `ps` would show a password.
+A worker process rather than a thread: TensorFlow holds the GIL in Python callbacks, and a
+killed process is the fault the heartbeat already covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sweep.errors import ConfigError
+from sweep.runner.worker import ENV_WORKER_NAME
+from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores, mask, scheme
+
+log = logging.getLogger(__name__)
+
+# after the first Ctrl-C/SIGTERM: time for workers to close their trials, then SIGKILL
+STOP_GRACE_SECONDS = 30.0
+
+
+def check_parallel_storage(stores: Stores, workers: int) -> None:
+    """SQLite lets one process write at a time: several workers end in 'database is locked'."""
+    if workers > 1 and scheme(stores.optuna) == "sqlite":
+        raise ConfigError(
+            "--workers",
+            [f"{workers} workers need a PostgreSQL Optuna storage, got SQLite ({mask(stores.optuna)}), "
+             "which lets one process write at a time. Pass --storage postgresql://USER@HOST:5432/optuna "
+             "(or set SWEEP_OPTUNA_STORAGE), or run with --workers 1."],
+        )
+
+
+def _env(stores: Stores, config: str | Path | None, name: str, threads: int) -> dict[str, str]:
+    env = {**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: name}
+    if config is not None:
+        env[ENV_CONFIG] = str(Path(config).resolve())
+    # one small CNN does not fill a core's worth of threads per worker: split the cores
+    env.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return env
+
+
+def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
+                verbose: bool = False) -> int:
+    """Start `workers` processes of `sweep worker STUDY` and wait for all. Returns an exit code:
+    0 when all finished, else the first failing worker's code (130/143 after Ctrl-C/SIGTERM)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cmd = [sys.executable, "-m", "sweep", "worker", study, *(["-v"] if verbose else [])]
+    procs = [subprocess.Popen(cmd, env=_env(stores, config, f"w{i}", threads)) for i in range(workers)]
+    log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(p.pid) for p in procs))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
+                    sum(p.poll() is None for p in procs))
+        _stop(procs, signum)
+        return 128 + int(signum)
+    bad = [c for c in codes if c != 0]
+    return bad[0] if bad else 0
+
+
+def _stop(procs: list[subprocess.Popen], signum: int) -> None:
+    """Forward the signal (a worker ignores a second one), wait, then kill what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker %d did not stop within %.0f s; killing it", p.pid, STOP_GRACE_SECONDS)
+            p.kill()
+            p.wait()

@@ -1,0 +1,93 @@
+"""`sweep status STUDY`: trials by state and by worker, what is running and for how long, ETA.
+
+Reads the Optuna study only (no TensorFlow, no MLflow), so it works from any machine that can
+reach the database, while workers run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweep import record as obj
+from sweep.record import load_study, stored_config
+from sweep.runner.worker import done
+
+
+@dataclass
+class Status:
+    study: str
+    target: int  # trials the study wants done: plan size x repeats, or n_trials
+    done: int  # of those, done for good (see `sweep.runner.worker.done`)
+    states: dict[str, int]  # every trial in the study by Optuna state
+    by_worker: dict[str, dict[str, int]]
+    running: list[dict[str, Any]] = field(default_factory=list)  # trial, worker, seconds, epoch
+    retried: int = 0  # trials of dead workers queued again
+    mean_trial_seconds: float | None = None
+    eta_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def status(study: str, storage: str | None = None) -> Status:
+    """The state of `study` now, as `sweep status` prints it."""
+    from sweep import search
+    from sweep.runner.liveness import superseded
+
+    s = load_study(study, storage)
+    cfg = stored_config(s)
+    trials = s.get_trials(deepcopy=False)
+    plan = search.plan(cfg.search)
+    target = len(plan) * cfg.search.repeats if plan is not None else cfg.search.n_trials or 0
+    finished = done(trials)
+    by_worker: dict[str, Counter] = defaultdict(Counter)
+    for t in trials:
+        by_worker[t.user_attrs.get(obj.WORKER) or "-"][t.state.name] += 1
+    now = dt.datetime.now()
+    running = [
+        {"trial": t.number, "worker": t.user_attrs.get(obj.WORKER) or "-",
+         "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
+         "epoch": t.last_step}
+        for t in trials if t.state.name == "RUNNING"
+    ]
+    durations = [t.duration.total_seconds() for t in finished if t.duration]
+    mean = sum(durations) / len(durations) if durations else None
+    left = max(0, target - len(finished))
+    eta = None
+    if mean is not None and left:
+        eta = mean * left / max(1, len(running))
+    return Status(
+        study=study, target=target, done=len(finished),
+        states=dict(Counter(t.state.name for t in trials)),
+        by_worker={w: dict(c) for w, c in sorted(by_worker.items())},
+        running=running, retried=len(superseded(trials)), mean_trial_seconds=mean, eta_seconds=eta,
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def format_status(st: Status) -> str:
+    states = ", ".join(f"{n} {k}" for k, n in sorted(st.states.items())) or "no trials yet"
+    lines = [
+        f"study {st.study}: {st.done}/{st.target} trials done; {states}"
+        + (f"; {st.retried} retried after their worker died" if st.retried else ""),
+        f"mean trial {_duration(st.mean_trial_seconds)}; ETA {_duration(st.eta_seconds)}"
+        + (f" at {len(st.running)} running" if st.running else ""),
+    ]
+    if st.running:
+        lines.append("running:")
+        lines += [f"  trial {r['trial']:<5} {r['worker']:<24} {_duration(r['seconds']):>8}  "
+                  f"epoch {'-' if r['epoch'] is None else r['epoch'] + 1}" for r in st.running]
+    lines.append("by worker:")
+    for w, counts in st.by_worker.items():
+        lines.append(f"  {w:<24} " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""One worker's trial loop: take the next trial, train it with a heartbeat, tell Optuna.
+
+Our own ask-and-tell loop rather than `study.optimize`, for three things `optimize` cannot do:
+- take a trial and check the study's budget atomically (under the study lock), so workers that
+  ask together never get a surplus trial and a sampled study trains exactly `n_trials`;
+- keep the heartbeat alive through a database outage (`liveness.Heartbeat`);
+- stop cleanly on SIGTERM as on Ctrl-C (the trial ends FAIL, marked interrupted, and is run
+  again on resume), and survive a `tell` that meets a dead connection.
+Stale trials of dead workers are failed and re-queued by Optuna's own `fail_stale_trials`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from sweep.errors import TrialFailed
+from sweep.storage import study_lock
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from sweep.config import StudyConfig
+
+log = logging.getLogger(__name__)
+
+ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
+
+
+def worker_name() -> str:
+    """How this process is named on its trials and in `sweep status`."""
+    return os.environ.get(ENV_WORKER_NAME) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the running trial is marked interrupted and run again on resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM interrupt the trial once; a second signal is not needed and is ignored
+    (it would otherwise break the clean-up of the first: telling Optuna, closing the MLflow run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only; its owner handles them
+        return
+    stopping = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            log.warning("already stopping (%s ignored)", signal.Signals(signum).name)
+            return
+        stopping = True
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def done(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Finished trials that took their place in the study for good: COMPLETE, PRUNED and FAIL,
+    less interrupted ones (Ctrl-C, SIGTERM: run again on resume) and stale ones a retry replaced."""
+    from optuna.trial import TrialState
+
+    from sweep.runner.liveness import superseded
+    from sweep.record import INTERRUPTED
+
+    gone = superseded(trials)
+    return [t for t in trials if t.number not in gone and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))]
+
+
+def budget_used(trials: list[FrozenTrial]) -> int:
+    """Places taken in a sampled study's budget: trials done for good, and running ones."""
+    from optuna.trial import TrialState
+
+    return len(done(trials)) + sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def _next_trial(study: optuna.Study, cfg: StudyConfig, explicit_plan: bool) -> optuna.Trial | None:
+    """Under the study lock: the next trial, or None when the study has all it needs."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    if explicit_plan and not waiting:
+        return None
+    # a waiting trial (a retry of a dead worker's) replaces a superseded one: it always runs
+    if not explicit_plan and not waiting and budget_used(trials) >= (cfg.search.n_trials or 0):
+        return None
+    with warnings.catch_warnings():
+        # "Heartbeat of storage is supposed to be used with Study.optimize": this loop is the
+        # one `optimize` would run, with our own heartbeat (see module docstring)
+        warnings.simplefilter("ignore", UserWarning)
+        return study.ask()
+
+
+def fail_stale(study: optuna.Study) -> None:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: float | None) -> None:
+    import optuna
+
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another worker declared it stale during a database outage and queued it again
+        log.warning("trial %d was marked FAIL by another worker while this one trained it; "
+                    "its retry stands", trial.number)
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+             heartbeat: Any) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.errors import ServiceError
+
+    with heartbeat(trial._trial_id):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            _tell(study, trial, TrialState.PRUNED, None)
+            return
+        except TrialFailed:
+            _tell(study, trial, TrialState.FAIL, None)
+            return
+        except ServiceError:
+            # the database is gone: leave the trial RUNNING; without heartbeats it goes stale
+            # and is retried by whichever worker runs next
+            raise
+        except BaseException:
+            # Ctrl-C/SIGTERM (marked interrupted by the objective) or a bug: never leave it RUNNING
+            with contextlib.suppress(Exception):
+                _tell(study, trial, TrialState.FAIL, None)
+            raise
+    _tell(study, trial, TrialState.COMPLETE, value)
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    cfg: StudyConfig,
+    *,
+    explicit_plan: bool,
+    lock_url: str,
+    heartbeat: Callable[[int], contextlib.AbstractContextManager],
+    poll_seconds: float,
+    n_trials: int | None = None,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> int:
+    """Run trials until the study has what it needs (or `n_trials` ran here). Returns how many ran.
+
+    With nothing left to take while other workers' trials run, wait for them: if one of those
+    workers dies, its trial goes stale and this worker runs the retry.
+    """
+    from optuna.trial import TrialState
+
+    ran = 0
+    waiting_for_others = False
+    while n_trials is None or ran < n_trials:
+        fail_stale(study)
+        with study_lock(lock_url, study.study_name):
+            trial = _next_trial(study, cfg, explicit_plan)
+        if trial is None:
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if n_trials is not None or not running:
+                break
+            if not waiting_for_others:
+                log.info("nothing left to take; waiting for running trial(s) %s of other workers "
+                         "(retried here if their worker dies)", ", ".join(map(str, running)))
+                waiting_for_others = True
+            time.sleep(poll_seconds)
+            continue
+        waiting_for_others = False
+        ran += 1
+        try:
+            _run_one(study, trial, objective, heartbeat)
+        finally:
+            gc.collect()
+        frozen = study._storage.get_trial(trial._trial_id)
+        for callback in callbacks:
+            callback(study, frozen)
+    return ran

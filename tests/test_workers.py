@@ -1,0 +1,438 @@
+"""Many workers, nothing lost: real worker processes, real kills, real PostgreSQL, a real MLflow server.
+
+Each scenario of the many-workers issue runs end to end: `sweep` commands as subprocesses against
+a PostgreSQL study and an `mlflow server` on a free loopback port. Heartbeats are fast here
+(1 s, stale after 4 s) through the `workers:` section of mlflow.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sweep.runner import objective as obj
+
+pytestmark = pytest.mark.postgres
+
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+SECRET = "w0rker-Pa55/wo?rd"  # trust auth ignores it; it must never show up anywhere
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (via sweep.server.start), shared by this module's tests."""
+    from sweep.config import ServerSettings
+    from sweep.server import start
+
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+                       artifacts_destination=str(tmp / "artifacts"))
+    server = start(s, log_path=tmp / "server.log")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def optuna_pg() -> Iterator[str]:
+    if not POSTGRES_URL:
+        skip_or_fail_without_postgres()
+    url, drop = postgres_database(POSTGRES_URL)
+    yield sa.make_url(url).set(password=SECRET).render_as_string(hide_password=False)
+    drop()
+
+
+def _settings(folder: Path, **workers: Any) -> Path:
+    w = {"heartbeat_interval": 1, "grace_period": 4, "storage_outage": 60, **workers}
+    path = folder / "mlflow.yaml"
+    path.write_text("workers: {" + ", ".join(f"{k}: {v}" for k, v in w.items()) + "}\n")
+    return path
+
+
+def _env(storage: str, tracking: str, settings: Path) -> dict[str, str]:
+    return {**os.environ, "SWEEP_OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking,
+            "SWEEP_CONFIG": str(settings), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _sweep(args: list[str], env: dict[str, str], cwd: Path, **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweep", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"sweep did not finish within {timeout}s:\n{out}")
+    return out
+
+
+def _study(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage.replace("postgresql://", "postgresql+psycopg2://", 1))
+
+
+def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen | None = None,
+              timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}:\n{proc.stdout.read()}")
+        try:
+            got = check()
+        except KeyError:  # the study is not created yet
+            got = None
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _training(storage: str, name: str, at_least: int = 1) -> list[optuna.trial.FrozenTrial]:
+    """Trials RUNNING that finished an epoch (so they are mid-training), once there are enough."""
+    running = [t for t in _study(storage, name).get_trials(states=(TrialState.RUNNING,))
+               if t.intermediate_values]
+    return running if len(running) >= at_least else []
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _runs(tracking: str, experiment: str) -> tuple[Any, list[Any]]:
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1, f"expected one parent run, got {len(parents)}"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1, "every run but the parent is one of its children"
+    return parents[0], children
+
+
+def _plan_study(data: Path, name: str, configs: list[str], epochs: int, **search: Any) -> dict[str, Any]:
+    d = study_dict(data, configs=[{"activation": a} for a in configs], **search)
+    d["study"] = name
+    d["training"].update(epochs=epochs, batch_size=100)
+    return d
+
+
+# --- 1. SIGKILL of a worker mid-trial ---
+
+def test_killed_worker_trial_goes_stale_and_is_retried(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                      mlflow_server: str) -> None:
+    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "killed", ["relu", "elu", "tanh"], epochs=25))
+    first = _sweep(["run", str(path)], env, tmp_path)
+    victim = _wait_for("a trial mid-training", lambda: _training(optuna_pg, "killed"), first)[0]
+    first.kill()  # SIGKILL: no handler runs, the trial is left RUNNING
+    first.communicate()
+    assert _study(optuna_pg, "killed").trials[victim.number].state == TrialState.RUNNING
+
+    out = _finish(_sweep(["worker", "killed"], env, tmp_path))
+    trials = _study(optuna_pg, "killed").get_trials()
+    assert trials[victim.number].state == TrialState.FAIL, out
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, out
+    assert retries[0].params == victim.params
+    assert retries[0].user_attrs[obj.CONFIG_INDEX] == victim.user_attrs[obj.CONFIG_INDEX]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == ["elu", "relu", "tanh"]
+    assert len(trials) == 4  # three configs and one retry: nothing surplus
+    assert f"trial {victim.number}" in out and "stopped sending heartbeats" in out
+
+    _, runs = _runs(mlflow_server, "killed")
+    by_id = {r.info.run_id: r for r in runs}
+    dead = by_id[victim.user_attrs[obj.RUN_ID]]
+    assert dead.info.status == "FAILED" and "heartbeats" in dead.data.tags["sweep.fail_reason"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert sorted(by_id[t.user_attrs[obj.RUN_ID]].info.status for t in complete) == ["FINISHED"] * 3
+
+
+# --- 2 and 6. Four workers on one study; a password nowhere ---
+
+def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                      mlflow_server: str) -> None:
+    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=6, seed=7, space={
+        "activation": ["leaky_relu"], "leaky_alpha": {"low": 0.01, "high": 0.5}})
+    d["study"] = "four"
+    d["training"].update(epochs=1, batch_size=100)
+    proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "4"], env, tmp_path)
+    seen_cmdlines = []
+    while proc.poll() is None:  # every process of the sweep, as `ps` would show it
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                seen_cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+            except OSError:
+                pass
+        time.sleep(0.5)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+
+    trials = _study(optuna_pg, "four").get_trials()
+    assert len(trials) == 6, out  # exactly n_trials: no surplus trial was ever created
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert sorted(t.number for t in trials) == list(range(6))
+    alphas = [t.params["leaky_alpha"] for t in trials]
+    assert len(set(alphas)) == 6, f"workers drew the same parameters: {alphas}"
+    assert len({t.user_attrs[obj.WORKER] for t in trials}) >= 2
+    assert {t.user_attrs[obj.WORKER] for t in trials} <= {"w0", "w1", "w2", "w3"}
+
+    client = MlflowClient(mlflow_server)
+    assert sum(e.name == "four" for e in client.search_experiments()) == 1
+    parent, runs = _runs(mlflow_server, "four")
+    assert len(runs) == 6
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs[obj.RUN_ID] for t in trials)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+    # the password: not on any command line, in the output, MLflow, or `sweep status`
+    status = subprocess.run([sys.executable, "-m", "sweep", "status", "four"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "6/6 trials done" in status.stdout
+    assert all(t.user_attrs[obj.WORKER] in status.stdout for t in trials)
+    logged = [str(r.data.params) + str(r.data.tags) for r in [parent, *runs]]
+    for text in [*seen_cmdlines, out, status.stdout, status.stderr, *logged]:
+        assert SECRET not in text
+    assert len(seen_cmdlines) > 4  # the parent and its four workers were looked at
+
+
+# --- 5. Ctrl-C on `sweep run --workers 4` ---
+
+def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                    mlflow_server: str) -> None:
+    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
+    configs = ["relu", "elu", "tanh", "selu"]
+    path = write_study(tmp_path, _plan_study(tiny_npz, "ctrlc", configs, epochs=40))
+    # its own process group, as a terminal's foreground job: Ctrl-C signals the whole group
+    proc = _sweep(["run", str(path), "--workers", "4"], env, tmp_path, start_new_session=True)
+    _wait_for("two trials mid-training", lambda: _training(optuna_pg, "ctrlc", at_least=2), proc)
+    workers = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # once
+    out = _finish(proc, timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "orphan worker processes"
+
+    trials = _study(optuna_pg, "ctrlc").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) >= 2 and all(t.user_attrs.get(obj.INTERRUPTED) for t in stopped)
+    _, runs = _runs(mlflow_server, "ctrlc")
+    by_id = {r.info.run_id: r for r in runs}
+    assert all(by_id[t.user_attrs[obj.RUN_ID]].info.status == "KILLED" for t in stopped)
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+    out = _finish(_sweep(["run", "ctrlc", "--workers", "2"], env, tmp_path))
+    trials = _study(optuna_pg, "ctrlc").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == sorted(configs), out
+    assert len(trials) == len(complete) + len(stopped)  # nothing surplus, nothing twice
+
+
+def test_sigterm_of_one_worker_marks_its_trial_interrupted(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                           mlflow_server: str) -> None:
+    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "term", ["relu", "elu"], epochs=40))
+    proc = _sweep(["run", str(path)], env, tmp_path)
+    victim = _wait_for("a trial mid-training", lambda: _training(optuna_pg, "term"), proc)[0]
+    proc.terminate()  # what `docker compose stop` sends
+    out = _finish(proc, timeout=60)
+    assert proc.returncode == 143, out
+    t = _study(optuna_pg, "term").trials[victim.number]
+    assert t.state == TrialState.FAIL and t.user_attrs[obj.INTERRUPTED] is True
+    run = MlflowClient(mlflow_server).get_run(t.user_attrs[obj.RUN_ID])
+    assert run.info.status == "KILLED"
+
+
+def test_workers_on_sqlite_are_refused(tmp_path: Path, tiny_npz: Path) -> None:
+    path = write_study(tmp_path, _plan_study(tiny_npz, "lite", ["relu"], epochs=1))
+    r = subprocess.run([sys.executable, "-m", "sweep", "run", str(path), "--workers", "2"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "PostgreSQL" in r.stderr and "--workers" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "sweep-optuna.db").exists()  # refused before anything was written
+
+
+# --- 4. PostgreSQL restarts, or stays away, during a sweep (a throwaway cluster of our own) ---
+
+@pytest.fixture
+def own_postgres() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL cluster in a temp dir on a free loopback port, that tests may stop and start."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.fail("initdb/pg_ctl are needed for the database-restart tests")
+    folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
+    as_user: list[str] = []
+    if os.getuid() == 0:  # initdb refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = folder / "data"
+
+    def ctl(*args: str) -> None:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", *args],
+                       check=True, capture_output=True, timeout=120)
+
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True, timeout=120)
+    opts = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder}"
+    ctl("-o", opts, "start")
+    try:
+        url = f"postgresql://postgres:{SECRET}@127.0.0.1:{port}/postgres"
+        yield {"url": url, "stop": lambda: ctl("-m", "fast", "stop"), "start": lambda: ctl("-o", opts, "start")}
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_database_restart_mid_trial_is_ridden_out(tmp_path: Path, tiny_npz: Path, own_postgres: dict[str, Any],
+                                                  mlflow_server: str) -> None:
+    storage = own_postgres["url"]
+    env = _env(storage, mlflow_server, _settings(tmp_path, grace_period=30))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "restart", ["relu", "elu"], epochs=25))
+    proc = _sweep(["run", str(path)], env, tmp_path)
+    victim = _wait_for("a trial mid-training", lambda: _training(storage, "restart"), proc)[0]
+    own_postgres["stop"]()
+    time.sleep(3)
+    own_postgres["start"]()
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert "unreachable" in out and "reachable again" in out  # it did meet the outage
+    trials = _study(storage, "restart").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, out
+    assert len(trials[victim.number].intermediate_values) == 25  # the trial went on to the end
+    assert SECRET not in out
+
+
+def test_long_database_outage_stops_with_one_line_and_resumes(tmp_path: Path, tiny_npz: Path,
+                                                              own_postgres: dict[str, Any],
+                                                              mlflow_server: str) -> None:
+    storage = own_postgres["url"]
+    env = _env(storage, mlflow_server, _settings(tmp_path, storage_outage=4))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "outage", ["relu", "elu"], epochs=25))
+    proc = _sweep(["run", str(path)], env, tmp_path)
+    _wait_for("a trial mid-training", lambda: _training(storage, "outage"), proc)
+    own_postgres["stop"]()
+    out = _finish(proc, timeout=120)
+    assert proc.returncode == 3, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unreachable" in errors[0] and "run the same command again" in errors[0], out
+    assert "Traceback" not in out and SECRET not in out
+
+    own_postgres["start"]()
+    out = _finish(_sweep(["run", "outage"], env, tmp_path))
+    trials = _study(storage, "outage").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == ["elu", "relu"], out
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+# --- 3. The MLflow server goes away mid-sweep and comes back on the same port ---
+
+def test_mlflow_outage_neither_stops_training_nor_loses_records(tmp_path: Path, tiny_npz: Path, optuna_pg: str
+                                                                ) -> None:
+    from sweep.config import ServerSettings
+    from sweep.server import start
+
+    s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       artifacts_destination=str(tmp_path / "artifacts"))
+    server = start(s, log_path=tmp_path / "server-1.log")
+    env = _env(optuna_pg, server.url, _settings(tmp_path))
+    epochs = 20
+    path = write_study(tmp_path, _plan_study(tiny_npz, "away", ["relu", "elu", "tanh"], epochs=epochs))
+    proc = _sweep(["run", str(path)], env, tmp_path)
+    try:
+        victim = _wait_for("a trial mid-training", lambda: _training(optuna_pg, "away"), proc)[0]
+        server.stop()
+        # training goes on while the server is away: epochs keep arriving in Optuna
+        seen = len(victim.intermediate_values)
+
+        def trained_on() -> bool:
+            t = _study(optuna_pg, "away").trials[victim.number]
+            return len(t.intermediate_values) >= min(epochs, seen + 3) or t.state.is_finished()
+
+        _wait_for("epochs trained while MLflow is down", trained_on, proc, timeout=120)
+        server = start(s, log_path=tmp_path / "server-2.log")  # the same port, at once
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 0, out
+        trials = _study(optuna_pg, "away").get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, out  # nothing lost or repeated
+        assert all(len(t.intermediate_values) == epochs for t in trials)
+
+        # MLflow ends complete: params, every epoch's metrics, final metrics, state of every trial
+        client = MlflowClient(server.url)
+        _, runs = _runs(server.url, "away")
+        assert len(runs) == 3, out
+        by_trial = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+        for t in trials:
+            run = by_trial[t.number]
+            assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+            assert run.data.params["activation"] == t.params["activation"]
+            assert run.data.params["seed"] == str(t.user_attrs[obj.SEED])
+            for key in ("loss", "val_accuracy", "epoch_seconds"):
+                steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+                assert steps == list(range(epochs)), (t.number, key, steps)
+            assert run.data.metrics["test_accuracy"] == pytest.approx(t.user_attrs["test_accuracy"])
+        # whatever the automatic replay did, `sweep sync` now has nothing left to write
+        r = subprocess.run([sys.executable, "-m", "sweep", "sync", "away"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "0 run(s) created, 0 metric value(s), 0 param(s) and 0 tag(s) logged, 0 run(s) ended" in r.stdout
+        again = MlflowClient(server.url).search_runs([runs[0].info.experiment_id])
+        assert len(again) == 4  # the parent and three children: sync created nothing
+    finally:
+        server.stop()
