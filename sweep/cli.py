@@ -119,10 +119,13 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     check_parallel_storage(stores, workers)
     with stop_on_signals():
         p = prepare(study, stores, settings(config).workers)
-        if p.todo <= 0:
-            log.info("study %s is complete; nothing to run", p.cfg.study)
-            return 0
-        code = run_workers(p.cfg.study, stores, workers, config, verbose)
+        try:
+            if p.todo <= 0:
+                log.info("study %s is complete; nothing to run", p.cfg.study)
+                return 0
+            code = run_workers(p.cfg.study, stores, workers, config, verbose)
+        finally:
+            p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code

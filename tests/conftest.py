@@ -11,6 +11,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_answers(url: str) -> bool:
+    import sqlalchemy as sa
+
+    from sweep.storage import db_url
+
+    engine = sa.create_engine(db_url(url), connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect():
+            return True
+    except Exception:  # noqa: BLE001 - nothing there: the PostgreSQL tests skip (or fail in CI)
+        return False
+    finally:
+        engine.dispose()
+
+
+# A bare `python -m pytest` uses the PostgreSQL at the default address when it answers; test
+# modules read the variable at import, after this file.
+if "SWEEP_TEST_POSTGRES_URL" not in os.environ and _postgres_answers(DEFAULT_POSTGRES_URL):
+    os.environ["SWEEP_TEST_POSTGRES_URL"] = DEFAULT_POSTGRES_URL
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 
 

@@ -88,8 +88,17 @@ def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     return out
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def _study(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage.replace("postgresql://", "postgresql+psycopg2://", 1))
+    """The study as another process sees it. One storage per URL, without a pool: the tests poll
+    it many times a second, and must not hold connections the workers need."""
+    if storage not in _STORAGES:
+        _STORAGES[storage] = optuna.storages.RDBStorage(
+            storage.replace("postgresql://", "postgresql+psycopg2://", 1),
+            engine_kwargs={"poolclass": sa.pool.NullPool})
+    return optuna.load_study(study_name=name, storage=_STORAGES[storage])
 
 
 def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen | None = None,
@@ -308,8 +317,13 @@ def own_postgres() -> Iterator[dict[str, Any]]:
     import shutil
     import tempfile
 
-    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
-        pytest.fail("initdb/pg_ctl are needed for the database-restart tests")
+    import glob
+
+    # on PATH, or where Debian's postgresql packages put them
+    path = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"))])
+    initdb, pg_ctl = shutil.which("initdb", path=path), shutil.which("pg_ctl", path=path)
+    if not initdb or not pg_ctl:
+        pytest.fail("initdb/pg_ctl are needed for the database-restart tests (Debian: postgresql)")
     folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
     as_user: list[str] = []
     if os.getuid() == 0:  # initdb refuses to run as root
@@ -320,10 +334,10 @@ def own_postgres() -> Iterator[dict[str, Any]]:
     data = folder / "data"
 
     def ctl(*args: str) -> None:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", *args],
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", *args],
                        check=True, capture_output=True, timeout=120)
 
-    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
                    capture_output=True, timeout=120)
     opts = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder}"
     ctl("-o", opts, "start")
@@ -331,7 +345,7 @@ def own_postgres() -> Iterator[dict[str, Any]]:
         url = f"postgresql://postgres:{SECRET}@127.0.0.1:{port}/postgres"
         yield {"url": url, "stop": lambda: ctl("-m", "fast", "stop"), "start": lambda: ctl("-o", opts, "start")}
     finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -436,3 +450,17 @@ def test_mlflow_outage_neither_stops_training_nor_loses_records(tmp_path: Path, 
         assert len(again) == 4  # the parent and three children: sync created nothing
     finally:
         server.stop()
+
+
+def test_one_database_for_both_stores_is_refused_before_writing(tmp_path: Path, tiny_npz: Path,
+                                                                optuna_pg: str) -> None:
+    path = write_study(tmp_path, _plan_study(tiny_npz, "shared-db", ["relu"], epochs=1))
+    r = subprocess.run([sys.executable, "-m", "sweep", "run", str(path), "--storage", optuna_pg,
+                        "--tracking-uri", optuna_pg], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "alembic_version" in r.stderr and "two databases" in r.stderr and "Traceback" not in r.stderr
+    assert SECRET not in r.stderr
+    engine = sa.create_engine(optuna_pg.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.connect() as c:
+        assert sa.inspect(c).get_table_names() == []  # nothing was written
+    engine.dispose()

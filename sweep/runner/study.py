@@ -155,6 +155,8 @@ def open_storage(url: str, ws: WorkerSettings, on_stale: StaleTrialCallback | No
 def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings) -> Prepared:
     """Validate, open both stores and set the study up once: create it, its MLflow parent run,
     fail the trials of dead workers, enqueue the plan. Nothing is trained here."""
+    from optuna.trial import TrialState
+
     from sweep.runner.liveness import StaleTrialCallback
 
     cfg = _config_for(study, stores)
@@ -170,6 +172,11 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
         parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
         opt_study.set_user_attr(PARENT_ATTR, parent)
         worker.fail_stale(opt_study)
+        # a RUNNING trial with no heartbeat at all (left by a sweep from before heartbeats, or
+        # killed between ask and its first beat) would never go stale: start its clock now; a
+        # live trial's own worker beats again within heartbeat_interval anyway
+        for t in opt_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            rdb.record_heartbeat(t._trial_id)
         configs = search.plan(cfg.search)
         if configs is not None:
             todo = _enqueue_plan(opt_study, configs, cfg)
@@ -202,33 +209,39 @@ def run(
     cfg = _config_for(study, stores)
     data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
     p = prepare(cfg, stores, workers)
+    try:
+        _work(p, data, n_trials, extra_callbacks, join)
+    finally:
+        p.tracker.flush(timeout=30)
+        # give the pooled connections back (the study still works: it reconnects on demand);
+        # a database serves all workers with a bounded number of connections
+        p.rdb.engine.dispose()
+    return p.study
+
+
+def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callbacks: Any, join: bool) -> None:
+    from sweep.runner.liveness import Heartbeat
+
+    cfg = p.cfg
     if p.todo <= 0 or n_trials == 0:
         log.info("study %s is complete (%d trials); nothing to run", cfg.study, len(p.study.trials))
-        return p.study
-
-    offset = len(p.study.trials)
-    p.study.sampler = search.make_sampler(cfg.search, offset=offset,
+        return
+    p.study.sampler = search.make_sampler(cfg.search, offset=len(p.study.trials),
                                           worker=worker.worker_name() if join else None)
     p.study.pruner = search.make_pruner(cfg.search)
     log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s", cfg.study,
-             min(p.todo, n_trials or p.todo), stores, p.parent)
+             min(p.todo, n_trials or p.todo), p.stores, p.parent)
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
     objective = obj.make_objective(cfg, data, p.tracker, p.parent, space, extra_callbacks)
-
-    from sweep.runner.liveness import Heartbeat
+    interval = p.workers.heartbeat_interval
 
     def heartbeat(trial_id: int) -> Heartbeat:
-        return Heartbeat(p.rdb, trial_id, workers.heartbeat_interval)
+        return Heartbeat(p.rdb, trial_id, interval)
 
-    try:
-        with worker.stop_on_signals():
-            worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None,
-                        lock_url=stores.optuna, heartbeat=heartbeat, n_trials=n_trials,
-                        poll_seconds=workers.heartbeat_interval,
-                        callbacks=[_trial_line(cfg.search.metric)])
-    finally:
-        p.tracker.flush(timeout=30)
-    return p.study
+    with worker.stop_on_signals():
+        worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
+                    heartbeat=heartbeat, poll_seconds=interval, n_trials=n_trials,
+                    callbacks=[_trial_line(cfg.search.metric)])
 
 
 def _config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:
