@@ -140,7 +140,11 @@ def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path |
                                 start_new_session=True)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     server = Server(proc, f"http://{host}:{s.port}", log_path)
-    _wait_healthy(server, timeout)
+    try:
+        _wait_healthy(server, timeout)
+    except BaseException:
+        server.stop()  # its own session: nothing else would stop it (Ctrl-C, SIGTERM, no /health)
+        raise
     return server
 
 
@@ -165,10 +169,18 @@ def _wait_healthy(server: Server, timeout: float) -> None:
 
 def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
     """Run the server in the foreground until Ctrl-C (or SIGTERM), then stop it cleanly."""
-    server = start(s, optuna_storage)
+
+    def stop_on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # before start(): a SIGTERM while the server starts must stop it too, not orphan it
+    signal.signal(signal.SIGTERM, stop_on_term)
+    try:
+        server = start(s, optuna_storage)
+    except KeyboardInterrupt:
+        return 0
     log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s); Ctrl-C stops it",
              server.url, mask(s.backend_store_uri), s.artifacts_destination)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while server.process.poll() is None:
             time.sleep(0.5)

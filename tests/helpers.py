@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -65,3 +66,38 @@ def skip_or_fail_without_postgres() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("CI=true but SWEEP_TEST_POSTGRES_URL is not set: the PostgreSQL tests must run in CI")
     pytest.skip("SWEEP_TEST_POSTGRES_URL is not set (CI sets it)")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cli_server(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """`sweep server ARGS` as a real process in its own process group, its output appended to `log`."""
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "sweep", "server", *args], cwd=cwd,
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Wait until the server at `url` answers /health (failing with its log if it exits)."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import requests
-from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import (free_port, postgres_database, skip_or_fail_without_postgres, start_cli_server, study_dict,
+                     wait_health, write_study)
 from mlflow import MlflowClient
 
 import sweep
@@ -25,35 +24,11 @@ POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 SECRET = "n0t-a-real-Pa55word"  # trust auth ignores it; it must never show up anywhere
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _with_password(url: str) -> str:
     import sqlalchemy as sa
 
     u = sa.make_url(url)
     return u.set(password=SECRET).render_as_string(hide_password=False)
-
-
-def start_cli_server(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep", "server", *args], cwd=cwd,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")
 
 
 def process_tree(root: int) -> dict[int, str]:

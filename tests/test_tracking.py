@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,42 +16,18 @@ from typing import Any, Callable
 import optuna
 import pytest
 import requests
-from helpers import study_dict, write_study
+from helpers import free_port, start_cli_server, study_dict, wait_health, write_study
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from sweep import config as config_mod
-from sweep.runner.study import CONFIG_ATTR, PARENT_ATTR
+from sweep.record import CONFIG_ATTR, PARENT_ATTR
 from sweep.tracking.runs import Tracker
 from sweep.tracking.sync import sync
 from sweep.training import Result
 
 # --- a real server we can stop and start again on the same port (as in test_server.py) ---
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_cli_server(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep", "server", *args], cwd=cwd,
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -30,15 +30,6 @@ POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 SECRET = "w0rker-Pa55/wo?rd"  # trust auth ignores it; it must never show up anywhere
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (via sweep.server.start), shared by this module's tests."""
     from sweep.config import ServerSettings

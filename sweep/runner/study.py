@@ -240,7 +240,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
 
     with worker.stop_on_signals():
         worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
-                    heartbeat=heartbeat, poll_seconds=interval, n_trials=n_trials,
+                    heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
                     callbacks=[_trial_line(cfg.search.metric)])
 
 
