@@ -30,6 +30,7 @@ POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 SECRET = "w0rker-Pa55/wo?rd"  # trust auth ignores it; it must never show up anywhere
 
 
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (via sweep.server.start), shared by this module's tests."""
     from sweep.config import ServerSettings
