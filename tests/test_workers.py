@@ -235,7 +235,14 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
     assert "6/6 trials done" in status.stdout
     assert all(t.user_attrs[obj.WORKER] in status.stdout for t in trials)
     logged = [str(r.data.params) + str(r.data.tags) for r in [parent, *runs]]
-    for text in [*seen_cmdlines, out, status.stdout, status.stderr, *logged]:
+    report = subprocess.run([sys.executable, "-m", "sweep", "report", "four", "--metric", "val_accuracy",
+                             "--out", str(tmp_path / "report")], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    written = (tmp_path / "report" / "report.md").read_text()
+    assert "Optuna storage `postgresql" in written  # the storage is named there, masked
+    for text in [*seen_cmdlines, out, status.stdout, status.stderr, report.stdout, report.stderr, written,
+                 *logged]:
         assert SECRET not in text
     assert len(seen_cmdlines) > 4  # the parent and its four workers were looked at
 
