@@ -57,7 +57,7 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
             f"{replica.counts['trials']} trial(s): {mask((str(e).strip().splitlines() or [type(e).__name__])[0])}. "
             "Check that the tracking server is reachable and run the same command again (it resumes)."
         ) from None
-    log.info("sync %s: %s", study, {k: v for k, v in replica.counts.items() if k != "synced"})
+    log.debug("sync %s: %s", study, {k: v for k, v in replica.counts.items() if k != "synced"})
     return replica.counts
 
 
