@@ -7,12 +7,11 @@ each trial carries what its MLflow run should hold, so MLflow can always be rebu
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep import config as config_mod
 from sweep.errors import SweepError
-from sweep.storage import mask, optuna_storage, resolve
+from sweep.storage import mask, optuna_storage, resolve, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -45,8 +44,8 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
     import optuna
 
     stores = resolve(storage=storage)
-    sqlite_file = stores.optuna.removeprefix("sqlite:///")
-    if stores.optuna.startswith("sqlite:///") and not Path(sqlite_file).is_file():
+    sqlite_file = sqlite_path(stores.optuna)
+    if sqlite_file is not None and not sqlite_file.is_file():
         # opening it would create an empty database: a typo must not leave files behind
         raise SweepError(
             f"no Optuna storage at {sqlite_file} (so no study {name!r}); run `sweep run STUDY_FILE` "

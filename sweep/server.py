@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# the SQL backends MLflow's tracking server supports (storage.SQL_BACKENDS also knows oracle)
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # Database URLs reach every child process through the environment, never argv: a command line
 # is readable by every user of the machine (`ps`, /proc/PID/cmdline), an environment only by its owner.

@@ -210,7 +210,7 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
     """The file of an `sqlite:///...` URL; None for in-memory databases and other URLs."""
     u = parse_url(url)
     if u is None or _backend(u) != "sqlite" or u.database in (None, "", ":memory:"):
@@ -227,7 +227,7 @@ def _query(u: URL, key: str) -> str | None:
 
 def tracking_artifact_location(tracking: str, experiment: str) -> str | None:
     """Artifact root for a new experiment on a local SQLite tracking store (None: server decides)."""
-    db = _sqlite_path(tracking)
+    db = sqlite_path(tracking)
     if db is not None:
         return (db.parent / "sweep-artifacts" / experiment).resolve().as_uri()
     return None
@@ -248,7 +248,7 @@ def _database(url: str) -> tuple | None:
         return None
     backend = _backend(u)
     if backend == "sqlite":
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         return None if path is None else ("sqlite", str(path.expanduser().resolve()))
     host = (u.host or _query(u, "host") or "localhost").lower()
     if host in LOCAL_HOSTS or host.startswith("/"):  # loopback or a Unix socket: this machine
@@ -333,7 +333,7 @@ def study_lock(url: str, study: str) -> Iterator[None]:
     PostgreSQL: a session advisory lock; SQLite: a file lock beside the database.
     """
     key = zlib.crc32(f"sweep:{study}".encode())
-    sqlite_file = _sqlite_path(url)
+    sqlite_file = sqlite_path(url)
     if scheme(url) == "postgresql":
         import sqlalchemy as sa
 
