@@ -6,12 +6,12 @@ in MLflow. TensorFlow is imported only when a model is built or trained.
 
 from __future__ import annotations
 
+from sweep.analysis.compare import compare
+from sweep.analysis.report import report
 from sweep.config import StudyConfig, load as load_config
 from sweep.errors import ConfigError, ServiceError, SweepError
 from sweep.models import build_model
-from sweep.reporting import report
 from sweep.results import best_config, trials
-from sweep.stats import compare
 from sweep.runner.study import run
 
 __all__ = [

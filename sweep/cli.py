@@ -221,7 +221,7 @@ def compare(
 ) -> None:
     """Per configuration over repeats: n, mean ± std, 95% CI; vs baseline: difference, CI, p (Welch)."""
     with _guard():
-        from sweep.stats import compare as compare_configs, format_comparison
+        from sweep.analysis.compare import compare as compare_configs, format_comparison
 
         result = compare_configs(study, storage=storage, metric=metric, baseline=baseline)
     typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
@@ -241,7 +241,7 @@ def report(
     """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
     _setup_logging(verbose)
     with _guard():
-        from sweep.reporting import report as write_report
+        from sweep.analysis.report import report as write_report
 
         folder = write_report(study, out=out, storage=storage, tracking_uri=tracking_uri, metric=metric,
                               baseline=baseline)

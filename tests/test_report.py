@@ -18,7 +18,7 @@ import sweep
 from sweep import diagnostics
 from sweep.cli import app
 from sweep.models import ACTIVATION_LAYERS
-from sweep.reporting import FIGURES, REPORT, TABLE
+from sweep.analysis.report import FIGURES, REPORT, TABLE
 from sweep.runner.study import PARENT_ATTR
 
 LAYERS = ACTIVATION_LAYERS["seed_cnn"]

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from sweep import diagnostics
+from sweep.analysis.compare import compare_study, format_comparison, trial_samples
 from sweep.errors import SweepError
 from sweep.models import ACTIVATION_LAYERS
 from sweep.plots import save_with_legend_below
-from sweep.stats import compare_study, format_comparison, trial_samples
 from sweep.storage import mask, resolve
 from sweep.record import PARENT_ATTR, load_study, stored_config
 

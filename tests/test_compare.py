@@ -20,7 +20,7 @@ from scipy import stats as sps
 import sweep
 from sweep import config
 from sweep.errors import SweepError
-from sweep.stats import compare_samples, config_labels, format_comparison
+from sweep.analysis.compare import compare_samples, config_labels, format_comparison
 from sweep.runner.study import CONFIG_ATTR
 
 RELU = [0.9901, 0.9893, 0.9910]

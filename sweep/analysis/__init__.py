@@ -1,0 +1,2 @@
+"""Is the difference real, and what to show: comparisons over repeats (`compare`), the report
+folder (`report`). Reads the stores; never trains."""
