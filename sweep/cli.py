@@ -215,15 +215,22 @@ def compare(
     study: str = typer.Argument(..., help="study name"),
     metric: str = MetricOpt,
     baseline: Optional[str] = BaselineOpt,
+    effect: Optional[float] = typer.Option(
+        None, "--effect", help="a difference that matters to you, in the metric's units (e.g. 0.001): "
+        "adds the repeats needed to detect it with 80% power"),
+    correction: str = typer.Option("holm", "--correction", help="multiple-comparison correction: holm or bh "
+                                   "(Benjamini-Hochberg)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
 ) -> None:
-    """Per configuration over repeats: n, mean ± std, 95% CI; vs baseline: difference, CI, p (Welch)."""
+    """Per configuration over repeats: mean, CI; vs baseline: difference, paired or Welch test, p raw and
+    adjusted, effect size, minimum detectable difference."""
     with _guard():
         from sweep.analysis.compare import compare as compare_configs, format_comparison
 
-        result = compare_configs(study, storage=storage, metric=metric, baseline=baseline)
+        result = compare_configs(study, storage=storage, metric=metric, baseline=baseline,
+                                 correction=correction, effect=effect)
     typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
 
 
