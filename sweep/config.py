@@ -19,8 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -166,18 +169,82 @@ class TrialConfig(Strict):
         return resolve_params(self.model_dump())
 
 
+# Each pruner's Optuna arguments and their defaults (Optuna's own, except Hyperband's
+# max_resource, see StudyConfig._hyperband_budget). A pruner takes exactly these fields.
+PRUNER_FIELDS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "median": {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1},
+    "hyperband": {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3},
+    "threshold": {"lower": None, "upper": None, "n_warmup_steps": 0, "interval_steps": 1},
+}
+
+
 class PrunerConfig(Strict):
+    """`search.pruner`: the name, then only the fields that pruner's Optuna class takes."""
+
     name: Literal["none", "median", "hyperband", "threshold"] = "median"
-    n_startup_trials: int = Field(5, ge=0)
-    n_warmup_steps: int = Field(0, ge=0)
+    n_startup_trials: int | None = Field(None, ge=0)
+    n_warmup_steps: int | None = Field(None, ge=0)
+    interval_steps: int | None = Field(None, ge=1)
+    n_min_trials: int | None = Field(None, ge=1)
+    min_resource: int | None = Field(None, ge=1)
+    max_resource: int | str | None = None  # an int, or "auto" (see _max_resource)
+    reduction_factor: int | None = Field(None, ge=2)
     lower: float | None = None
     upper: float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("name", "median") not in PRUNER_FIELDS:
+            return data  # pydantic reports the type or the name
+        takes = PRUNER_FIELDS[data.get("name", "median")]
+        if (info.context or {}).get("stored"):
+            # sweep before 2026-11 stored every field for every pruner, and a pruner ignored the
+            # ones it does not take: drop them, as that sweep did. Never for a user's file.
+            data = {k: v for k, v in data.items() if k == "name" or k in takes}
+        return {**takes, **data}
+
+    @field_validator(*(f for f in PRUNER_FIELDS["median"] | PRUNER_FIELDS["hyperband"]
+                       | PRUNER_FIELDS["threshold"]), mode="before")
+    @classmethod
+    def _taken(cls, v: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name")
+        if name is not None and info.field_name not in PRUNER_FIELDS[name]:
+            takes = ", ".join(PRUNER_FIELDS[name]) or "no other fields (give `name` only)"
+            raise ValueError(f"the {name} pruner does not use `{info.field_name}`; it takes {takes}")
+        return v
+
+    @field_validator("max_resource")
+    @classmethod
+    def _max_resource(cls, v: int | str | None) -> int | str | None:
+        if (isinstance(v, str) and v != "auto") or (isinstance(v, int) and v < 1):
+            raise ValueError(f"expected a number of epochs >= 1 or 'auto', got {v!r}")
+        return v
+
     @model_validator(mode="after")
-    def _threshold(self) -> PrunerConfig:
-        if self.name == "threshold" and self.lower is None and self.upper is None:
-            raise ValueError("the threshold pruner needs `lower` or `upper`")
+    def _consistent(self) -> PrunerConfig:
+        if self.name == "threshold":
+            if self.lower is None and self.upper is None:
+                raise ValueError("the threshold pruner needs `lower` or `upper`")
+            if self.lower is not None and self.upper is not None and self.lower > self.upper:
+                raise ValueError(f"lower must be <= upper, got lower={self.lower}, upper={self.upper}")
+        if (self.name == "hyperband" and isinstance(self.max_resource, int)
+                and self.min_resource is not None and self.min_resource > self.max_resource):
+            # Optuna would build no bracket at all and silently never prune
+            raise ValueError(f"min_resource must be <= max_resource (training.epochs unless given), "
+                             f"got min_resource={self.min_resource}, max_resource={self.max_resource}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_taken(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # the dump (stored with the study, logged to MLflow) holds what the Optuna pruner got
+        out = handler(self)
+        return {k: v for k, v in out.items() if k == "name" or k in PRUNER_FIELDS[self.name]}
+
+    def kwargs(self) -> dict[str, Any]:
+        """The arguments of this pruner's Optuna class."""
+        return {k: getattr(self, k) for k in PRUNER_FIELDS[self.name]}
 
 
 class SearchConfig(Strict):
@@ -188,14 +255,29 @@ class SearchConfig(Strict):
     )
     pruner: PrunerConfig = PrunerConfig()
     seed: int = 0
-    repeats: int = Field(1, gt=0)
     space: SpaceConfig | None = None
     configs: list[TrialConfig] | None = Field(None, min_length=1)
+    repeats: int = Field(1, gt=0)  # after space: its validator reads the sampler and the space
 
     @field_validator("pruner", mode="before")
     @classmethod
     def _pruner_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("repeats")
+    @classmethod
+    def _repeatable(cls, v: int, info: ValidationInfo) -> int:
+        sampler = info.data.get("sampler")
+        if v == 1 or info.data.get("space") is None or sampler in (None, "grid"):
+            return v
+        if (info.context or {}).get("stored"):
+            return 1  # sweep before 2026-11 accepted it here and ran every trial once: what ran
+        # a sampled trial is drawn once, with seed + trial number: nothing would repeat it
+        raise ValueError(
+            f"the {sampler} sampler draws every trial anew, so `repeats` ({v}) would be ignored; "
+            "remove it, or list the configurations under `configs` (or use the grid sampler) to run "
+            "each with seeds seed, seed+1, ..."
+        )
 
     @model_validator(mode="after")
     def _one_source(self) -> SearchConfig:
@@ -233,6 +315,26 @@ class StudyConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hyperband_budget(cls, data: Any) -> Any:
+        # Hyperband's max_resource counts reported steps, and the objective reports one value
+        # per epoch (steps 0 .. epochs-1), so a trial's full budget is training.epochs. Optuna's
+        # "auto" finds the same number (last step + 1), but only once a trial has completed:
+        # until then nothing is pruned, and the stored config would not say what was used.
+        try:
+            pruner = data["search"]["pruner"]
+            pruner = {"name": pruner} if isinstance(pruner, str) else pruner
+            if pruner.get("name") != "hyperband" or "max_resource" in pruner:
+                return data
+            training = data.get("training") or {}
+            epochs = training.get("epochs", TrainingConfig.model_fields["epochs"].default)
+        except (KeyError, TypeError, AttributeError):
+            return data  # no pruner, or a shape pydantic reports
+        if not isinstance(epochs, int) or epochs < 1:
+            return data  # training.epochs is reported
+        return {**data, "search": {**data["search"], "pruner": {**pruner, "max_resource": epochs}}}
 
     @model_validator(mode="after")
     def _metric_needs_validation(self) -> StudyConfig:
@@ -292,12 +394,13 @@ def _problems(exc: ValidationError) -> list[str]:
     return out
 
 
-def parse(data: Any, source: str) -> StudyConfig:
-    """Validate an already-parsed mapping (a study file's content or a stored config)."""
+def parse(data: Any, source: str, stored: bool = False) -> StudyConfig:
+    """Validate an already-parsed mapping: a study file's content, or with `stored` a config
+    stored with a study (which may hold fields an older sweep wrote and ignored)."""
     if not isinstance(data, dict):
         raise ConfigError(source, [f"expected a mapping of study keys, got {type(data).__name__}"])
     try:
-        cfg = StudyConfig.model_validate(data)
+        cfg = StudyConfig.model_validate(data, context={"stored": stored})
     except ValidationError as e:
         raise ConfigError(source, _problems(e)) from None
     cfg._source = source
@@ -325,7 +428,7 @@ def load(path: str | Path) -> StudyConfig:
 
 def from_json(text: str, source: str) -> StudyConfig:
     """A config stored with a study (see `sweep.runner.study`), validated again on the way in."""
-    return parse(json.loads(text), source)
+    return parse(json.loads(text), source, stored=True)
 
 
 # --- mlflow.yaml: where the tracking server and both stores live -----------------------------

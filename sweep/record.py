@@ -66,4 +66,4 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     raw = study.user_attrs.get(CONFIG_ATTR)
     if raw is None:
         raise SweepError(f"study {study.study_name!r} was not created by sweep (no stored config)")
-    return config_mod.parse(raw, f"study {study.study_name!r} (stored config)")
+    return config_mod.parse(raw, f"study {study.study_name!r} (stored config)", stored=True)

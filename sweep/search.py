@@ -90,17 +90,13 @@ def make_sampler(search: SearchConfig, offset: int = 0, worker: str | None = Non
 
 
 def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
+    """The configured Optuna pruner, given every field of `search.pruner` (and only those)."""
     import optuna
 
     p = search.pruner
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps)
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps)
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner}[p.name]
+    return cls(**p.kwargs())
 
 
 def monitor(search: SearchConfig, has_validation: bool) -> str:

@@ -103,6 +103,103 @@ def test_stored_config_roundtrip(tiny_npz: Path) -> None:
     assert again.source == "stored" and cfg.source == "x"
 
 
+# --- search.pruner: each pruner takes exactly its Optuna arguments, and gets every one given ---
+
+def _cfg(tiny_npz: Path, **search: object) -> config.StudyConfig:
+    return config.parse(study_dict(tiny_npz, **search), "x")
+
+
+@pytest.mark.parametrize(("pruner", "cls", "attrs"), [
+    ({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3, "interval_steps": 2, "n_min_trials": 4},
+     "MedianPruner", {"_n_startup_trials": 2, "_n_warmup_steps": 3, "_interval_steps": 2, "_n_min_trials": 4}),
+    ({"name": "hyperband", "min_resource": 2, "max_resource": 9, "reduction_factor": 2},
+     "HyperbandPruner", {"_min_resource": 2, "_max_resource": 9, "_reduction_factor": 2}),
+    ({"name": "threshold", "lower": 0.2, "upper": 0.9, "n_warmup_steps": 1, "interval_steps": 3},
+     "ThresholdPruner", {"_lower": 0.2, "_upper": 0.9, "_n_warmup_steps": 1, "_interval_steps": 3}),
+    ({"name": "none"}, "NopPruner", {}),
+])
+def test_every_pruner_field_reaches_optuna(tiny_npz: Path, pruner: dict, cls: str, attrs: dict) -> None:
+    import optuna
+
+    from sweep.search import make_pruner
+
+    cfg = _cfg(tiny_npz, pruner=pruner)
+    built = make_pruner(cfg.search)
+    assert type(built) is getattr(optuna.pruners, cls)
+    assert {k: getattr(built, k) for k in attrs} == attrs
+    assert cfg.model_dump()["search"]["pruner"] == pruner  # stored: exactly what Optuna got
+
+
+def test_pruner_defaults_are_optunas_and_hyperband_runs_to_the_last_epoch(tiny_npz: Path) -> None:
+    dumps = {n: _cfg(tiny_npz, pruner=n).model_dump()["search"]["pruner"] for n in ("median", "hyperband")}
+    assert dumps == {
+        "median": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1},
+        "hyperband": {"name": "hyperband", "min_resource": 1, "max_resource": 2, "reduction_factor": 3},  # epochs: 2
+    }
+    auto = _cfg(tiny_npz, pruner={"name": "hyperband", "max_resource": "auto"})
+    assert auto.search.pruner.max_resource == "auto"
+
+
+@pytest.mark.parametrize(("pruner", "field", "takes"), [
+    ("median", "lower", "n_startup_trials, n_warmup_steps, interval_steps, n_min_trials"),
+    ("median", "min_resource", "n_startup_trials, n_warmup_steps, interval_steps, n_min_trials"),
+    ("hyperband", "n_startup_trials", "min_resource, max_resource, reduction_factor"),
+    ("hyperband", "n_warmup_steps", "min_resource, max_resource, reduction_factor"),
+    ("threshold", "n_startup_trials", "lower, upper, n_warmup_steps, interval_steps"),
+    ("none", "n_warmup_steps", "no other fields (give `name` only)"),
+])
+def test_pruner_field_it_does_not_use_is_refused(tmp_path: Path, tiny_npz: Path, pruner: str, field: str,
+                                                 takes: str) -> None:
+    given = {"name": pruner, field: 1}
+    if pruner == "threshold":
+        given["lower"] = 0.1
+    assert _problems(tmp_path, study_dict(tiny_npz, pruner=given)) == [
+        f"search.pruner.{field}: the {pruner} pruner does not use `{field}`; it takes {takes}"]
+
+
+@pytest.mark.parametrize(("pruner", "problem"), [
+    ({"name": "threshold"}, "search.pruner: the threshold pruner needs `lower` or `upper`"),
+    ({"name": "threshold", "lower": 0.9, "upper": 0.1}, "search.pruner: lower must be <= upper, got lower=0.9, upper=0.1"),
+    ({"name": "hyperband", "min_resource": 3}, "search.pruner: min_resource must be <= max_resource (training.epochs "
+     "unless given), got min_resource=3, max_resource=2"),
+    ({"name": "hyperband", "max_resource": "all"}, "search.pruner.max_resource: expected a number of epochs >= 1 or "
+     "'auto', got 'all'"),
+    ({"name": "hyperband", "reduction_factor": 1}, "search.pruner.reduction_factor: Input should be greater than or "
+     "equal to 2, got 1"),
+])
+def test_pruner_values_optuna_would_reject_or_ignore(tmp_path: Path, tiny_npz: Path, pruner: dict, problem: str) -> None:
+    assert _problems(tmp_path, study_dict(tiny_npz, pruner=pruner)) == [problem]
+
+
+# sweep before 2026-11 stored these five fields for every pruner and ignored those it did not use
+OLD_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0, "lower": None, "upper": None}
+
+
+@pytest.mark.parametrize("name", ["none", "median", "hyperband", "threshold"])
+def test_pruner_stored_by_an_older_sweep_still_parses(tmp_path: Path, tiny_npz: Path, name: str) -> None:
+    extra = {"lower": 0.5} if name == "threshold" else {}
+    stored = study_dict(tiny_npz, pruner={"name": name, **OLD_PRUNER, **extra})
+    cfg = config.parse(stored, "stored", stored=True)
+    # what a current file naming the same pruner gives: a resume is not refused as a change
+    current = {"name": name, **extra} if extra else name
+    assert cfg.model_dump() == _cfg(tiny_npz, pruner=current).model_dump()
+    assert config.from_json(cfg.to_json(), "again").model_dump() == cfg.model_dump()  # stable
+    with pytest.raises(ConfigError, match=rf"search.pruner.\w+: the {name} pruner does not use"):
+        config.parse(stored, "a user's file")  # never dropped from what a user wrote
+
+
+def test_repeats_are_refused_where_nothing_repeats(tmp_path: Path, tiny_npz: Path) -> None:
+    sampled = study_dict(tiny_npz, configs=None, sampler="random", n_trials=4, repeats=3,
+                         space={"activation": ["relu", "elu"]})
+    assert _problems(tmp_path, sampled) == [
+        "search.repeats: the random sampler draws every trial anew, so `repeats` (3) would be ignored; remove it, "
+        "or list the configurations under `configs` (or use the grid sampler) to run each with seeds seed, seed+1, ..."]
+    # a study stored by an older sweep ran each sampled trial once: that is what its config says now
+    assert config.parse(sampled, "stored", stored=True).search.repeats == 1
+    grid = study_dict(tiny_npz, configs=None, sampler="grid", repeats=3, space={"activation": ["relu", "elu"]})
+    assert config.parse(grid, "x").search.repeats == 3
+
+
 # --- the CLI: every bad input gives one clear message, exit 2, no traceback, nothing written ---
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -132,6 +229,9 @@ BAD = {
                         ["dataset.name: Input should be 'mnist', 'fashion_mnist', 'cifar10', 'digits' or 'npz', got 'imagenet'"]),
     "missing path": ({"dataset": {"name": "mnist", "path": "no/such.npz"}},
                      ["dataset.path: file not found: 'no/such.npz'"]),
+    "pruner field it does not use": ({"search": {"pruner": {"name": "hyperband", "n_warmup_steps": 2}}},
+                                     ["search.pruner.n_warmup_steps: the hyperband pruner does not use `n_warmup_steps`; "
+                                      "it takes min_resource, max_resource, reduction_factor"]),
     "wrong arrays": ("WRONG_NPZ", ["dataset.path: ", "wrong.npz: expected arrays x_train, y_train, x_test, y_test; missing x_train",
                                   "(found: images, labels)"]),
 }

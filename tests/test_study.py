@@ -285,3 +285,102 @@ def test_study_stored_before_a_new_config_section_still_resumes(tmp_path: Path, 
     del old["diagnostics"]  # as written by a sweep that had no diagnostics section yet
     study.set_user_attr("sweep.config", old)
     assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
+
+
+def test_raised_repeats_add_only_the_missing_ones(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                  tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}], repeats=1, seed=0)
+    d["training"]["epochs"] = 1
+    before = [(t.number, t.value, t.datetime_complete) for t in _run(tmp_path, d, optuna_url, tracking_uri).get_trials()]
+    assert len(before) == 2
+    d["search"]["repeats"] = 3
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [(t.number, t.value, t.datetime_complete) for t in trials[:2]] == before
+    seeds: dict[str, set[int]] = {}
+    for t in trials:
+        seeds.setdefault(t.params["activation"], set()).add(t.user_attrs["seed"])
+    assert seeds == {"relu": {0, 1, 2}, "elu": {0, 1, 2}}
+    assert study.user_attrs["sweep.config"]["search"]["repeats"] == 3
+    # MLflow params cannot change: the parent keeps its params, and says what is current
+    client = MlflowClient(tracking_uri)
+    parent, runs = _children(client, "tiny")
+    assert len(runs) == 6 and parent.data.params["search.repeats"] == "1"
+    assert parent.data.tags["sweep.config.search.repeats"] == "3"
+    logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "study_config.json", str(tmp_path))).read_text())
+    assert logged["search"]["repeats"] == 3
+    d["search"]["repeats"] = 2
+    with pytest.raises(ConfigError, match=r"search.repeats: stored 3, file has 2; repeats can only be raised"):
+        _run(tmp_path, d, optuna_url, tracking_uri)
+    assert len(study.get_trials()) == 6 and study.user_attrs["sweep.config"]["search"]["repeats"] == 3
+
+
+def test_study_stored_with_every_pruner_field_still_resumes(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                            tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}], pruner="hyperband")
+    d["training"]["epochs"] = 1
+    study = _run(tmp_path, d, optuna_url, tracking_uri, n_trials=1)
+    old = dict(study.user_attrs["sweep.config"])
+    # as written by a sweep that stored (and ignored) the median pruner's fields for every pruner
+    old["search"] = {**old["search"], "pruner": {"name": "hyperband", "n_startup_trials": 5, "n_warmup_steps": 0,
+                                                 "lower": None, "upper": None}}
+    study.set_user_attr("sweep.config", old)
+    again = _run(tmp_path, d, optuna_url, tracking_uri)
+    assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE] * 2
+    assert again.user_attrs["sweep.config"]["search"]["pruner"] == {
+        "name": "hyperband", "min_resource": 1, "max_resource": 1, "reduction_factor": 3}
+
+
+def test_median_pruner_stops_a_trial_behind_the_first(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                      tracking_uri: str) -> None:
+    # on the tiny data selu's first-epoch val_loss is ~0.01, gelu's ~0.8: with one startup trial
+    # the median is selu's, so gelu is pruned after its first epoch
+    d = study_dict(tiny_npz, metric="val_loss", configs=[{"activation": "selu"}, {"activation": "gelu"}],
+                   pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    d["training"]["epochs"] = 3
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    first, second = study.get_trials()
+    assert (first.state, list(first.intermediate_values)) == (TrialState.COMPLETE, [0, 1, 2])
+    assert (second.state, list(second.intermediate_values)) == (TrialState.PRUNED, [0])
+    assert second.intermediate_values[0] > first.intermediate_values[0]
+    _, runs = _children(MlflowClient(tracking_uri), "tiny")
+    assert [(r.info.status, r.data.tags["optuna.state"]) for r in runs] == [("FINISHED", "COMPLETE"),
+                                                                             ("KILLED", "PRUNED")]
+
+
+def test_hyperband_pruner_is_consulted(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, pruner={"name": "hyperband", "min_resource": 1, "reduction_factor": 3})
+    d["training"]["epochs"] = 2
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    pruner = study.pruner
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    # max_resource defaults to training.epochs: one reported value per epoch
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 2, 3)
+    assert study.user_attrs["sweep.config"]["search"]["pruner"]["max_resource"] == 2  # not "auto"
+    trials = study.get_trials()
+    assert len(trials) == 3 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    # successive halving records each trial's value at its first rung (min_resource=1: step 1)
+    for t in trials:
+        assert t.system_attrs["completed_rung_0"] == t.intermediate_values[1]
+
+
+def test_grid_over_a_space_minimises_val_loss(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                             tracking_uri: str) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="grid", metric="val_loss",
+                   space={"activation": ["relu", "leaky_relu"], "leaky_alpha": [0.05, 0.2]})
+    d["training"]["epochs"] = 2
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    trials = study.get_trials()
+    assert sorted((t.params["activation"], t.params.get("leaky_alpha")) for t in trials) == [
+        ("leaky_relu", 0.05), ("leaky_relu", 0.2), ("relu", None)]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.best_value == min(t.value for t in trials)
+    client = MlflowClient(tracking_uri)
+    _, runs = _children(client, "tiny")
+    for t, run in zip(trials, runs):
+        assert t.state == TrialState.COMPLETE
+        assert t.value == t.intermediate_values[1]
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert max(history, key=lambda m: m.step).value == pytest.approx(t.value)

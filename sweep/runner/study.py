@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# config fields a resumed study may change: they extend the budget, not what a trial means
-RESUMABLE_CHANGES = {"search.n_trials"}
+# config fields a resumed study may change: they extend the budget, not what a trial means.
+# More repeats add the missing (configuration, repeat) pairs with seeds seed + repeat, the same
+# for every configuration, so comparisons stay seed-paired; fewer would disown recorded trials.
+RESUMABLE_CHANGES = {"search.n_trials", "search.repeats"}
+ONLY_RAISED = {"search.repeats"}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -44,7 +47,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage) -> optuna.Study:
+def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
+          ) -> tuple[optuna.Study, dict[str, tuple[Any, Any]]]:
+    """The study, created or loaded, and the resumable fields the file changes: {field: (stored,
+    new)}. The caller stores the new config (a new study's is stored here at once)."""
     import optuna
 
     new = cfg.model_dump(mode="json")
@@ -55,19 +61,27 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage) ->
             study_name=cfg.study, storage=rdb, direction=cfg.search.direction, load_if_exists=True
         )
     old = study.user_attrs.get(CONFIG_ATTR)
-    if old is not None:
-        # validated again so sections added to sweep since (with defaults) are not "changes"
-        old = config_mod.parse(old, f"study {cfg.study!r} (stored config)").model_dump(mode="json")
-        changed = [f for f in _diff(old, new) if f not in RESUMABLE_CHANGES]
-        if changed:
-            raise ConfigError(
-                cfg.study,
-                [f"study already exists in {mask(stores.optuna)} with a different {f}: stored "
-                 f"{_lookup(old, f)!r}, file has {_lookup(new, f)!r}" for f in changed]
-                + ["resume with the stored config (sweep run STUDY_NAME), or give this file a new `study` name"],
-            )
-    study.set_user_attr(CONFIG_ATTR, new)
-    return study
+    if old is None:
+        study.set_user_attr(CONFIG_ATTR, new)
+        return study, {}
+    # validated again so sections added to sweep since (with defaults) are not "changes"
+    old = config_mod.parse(old, f"study {cfg.study!r} (stored config)", stored=True).model_dump(mode="json")
+    fields = _diff(old, new)
+    problems = []
+    for f in fields:
+        stored, given = _lookup(old, f), _lookup(new, f)
+        if f not in RESUMABLE_CHANGES:
+            problems.append(f"study already exists in {mask(stores.optuna)} with a different {f}: "
+                            f"stored {stored!r}, file has {given!r}")
+        elif f in ONLY_RAISED and given < stored:
+            problems.append(f"{f}: stored {stored}, file has {given}; {f.rsplit('.', 1)[-1]} can only be "
+                            f"raised (every recorded trial stays in the study): set it to {stored} or more")
+    if problems:
+        raise ConfigError(
+            cfg.study,
+            problems + ["resume with the stored config (sweep run STUDY_NAME), or give this file a new `study` name"],
+        )
+    return study, {f: (_lookup(old, f), _lookup(new, f)) for f in fields}
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:
@@ -166,10 +180,15 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     rdb = open_storage(stores.optuna, ws, on_stale)
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study):
-        opt_study = _open(cfg, stores, rdb)
+        opt_study, changed = _open(cfg, stores, rdb)
         tracker = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
         on_stale.tracker = tracker
-        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), cfg.model_dump(mode="json"))
+        new = cfg.model_dump(mode="json")
+        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), new)
+        if changed:
+            tracker.config_changed(parent, new, changed)
+        # stored after MLflow took the change: should that fail, the next run sees it again
+        opt_study.set_user_attr(CONFIG_ATTR, new)
         opt_study.set_user_attr(PARENT_ATTR, parent)
         worker.fail_stale(opt_study)
         # a RUNNING trial with no heartbeat at all (left by a sweep from before heartbeats, or

@@ -157,6 +157,20 @@ class Tracker:
             raise self._fail("creating the study's parent run", e) from None
         return run.info.run_id
 
+    def config_changed(self, run_id: str, config: dict[str, Any], changed: dict[str, tuple[Any, Any]]) -> None:
+        """A resumed study changed fields it may change (`{field: (old, new)}`, e.g. a raised
+        `search.repeats`). MLflow params cannot change, so the parent's params keep the values it
+        was created with; its `study_config.json` is replaced and each changed field is tagged
+        `sweep.config.FIELD` with the current value, so the run does not silently claim the old one."""
+        try:
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(f"sweep.config.{f}", _param_value(new)) for f, (_, new) in changed.items()]
+            self.client.log_batch(run_id, tags=tags)
+            self.client.log_text(run_id, json.dumps(config, indent=2), "study_config.json")
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("updating the study's parent run", e) from None
+
     def find_child(self, trial_number: int) -> Run | None:
         """The active child run of a trial, by its tags (earliest first), if any."""
         found = self.client.search_runs(
