@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -76,9 +78,34 @@ class CommandLines(threading.Thread):
         return self.seen
 
 
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Everything logged in this process meanwhile (all of sweep's own lines, and what Optuna,
+    MLflow and the rest pass on at WARNING and up), appended to `path`."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    own = logging.getLogger("sweep")
+    loggers = [logging.getLogger(), logging.getLogger("optuna"), logging.getLogger("mlflow")]
+    level = own.level
+    own.setLevel(logging.DEBUG)
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        own.setLevel(level)
+        handler.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A real `sweep server` process and a small sweep logged to it over HTTP."""
+    """A real `sweep server` process and a small sweep logged to it over HTTP.
+
+    On both backends the sweep logs through a tracking URI with a password in it, as for a server
+    behind basic auth (this one has none and ignores it), taken from the same mlflow.yaml the
+    server reads; on PostgreSQL both database URLs carry it too."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
     drops = []
     if request.param == "sqlite":
@@ -92,12 +119,14 @@ def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         backend, optuna_url = _with_password(backend), _with_password(optuna_url)
     port = free_port()
     log = tmp / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    tracking = f"http://sweep:{SECRET}@127.0.0.1:{port}"
     # the backend URL in the settings file, not on `sweep server`'s own command line
-    (tmp / "mlflow.yaml").write_text(f"optuna_storage: '{optuna_url}'\n"
-                                     f"server: {{port: {port}, backend_store_uri: '{backend}'}}\n")
+    settings = tmp / "mlflow.yaml"
+    settings.write_text(f"optuna_storage: '{optuna_url}'\ntracking_uri: '{tracking}'\n"
+                        f"server: {{port: {port}, backend_store_uri: '{backend}'}}\n")
     proc = start_cli_server(["--artifacts-destination", str(tmp / "artifacts")], tmp, log)
     cmdlines = CommandLines(proc.pid)
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_health(url, proc, log)
         cmdlines.interval = 0.5  # the migrations are over
@@ -106,9 +135,12 @@ def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         d = study_dict(rng_npz)
         d["study"] = f"served-{request.param}"
         d["training"]["epochs"] = 1
-        study = sweep.run(write_study(tmp, d), storage=optuna_url, tracking_uri=url)
-        yield {"study": study, "url": url, "optuna": optuna_url, "tmp": tmp, "proc": proc, "log": log,
-               "npz": rng_npz, "port": port, "backend": backend, "cmdlines": cmdlines}
+        run_log = tmp / "sweep-run.log"
+        with _logs_to(run_log):
+            study = sweep.run(write_study(tmp, d), storage=optuna_url, tracking_uri=tracking, config=settings)
+        yield {"study": study, "url": url, "tracking": tracking, "optuna": optuna_url, "tmp": tmp, "proc": proc,
+               "log": log, "run_log": run_log, "settings": settings, "npz": rng_npz, "port": port,
+               "backend": backend, "cmdlines": cmdlines}
     finally:
         cmdlines.stop()
         if proc.poll() is None:
@@ -163,19 +195,43 @@ def test_model_logged_through_server_loads_in_another_process(served_sweep: dict
 
 
 def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:
+    tmp, port, settings = served_sweep["tmp"], served_sweep["port"], served_sweep["settings"]
+    run_log = served_sweep["run_log"].read_text()
+    # preconditions: the secret was there to leak, and the sweep logged through it (and said so, masked)
+    assert SECRET in served_sweep["tracking"] and SECRET in settings.read_text()
+    if "postgresql" in served_sweep["backend"]:
+        assert SECRET in served_sweep["backend"] and SECRET in served_sweep["optuna"]
+    assert f"mlflow=http://sweep:***@127.0.0.1:{port}" in run_log, run_log[-3000:]
+
     client = MlflowClient(served_sweep["url"])
-    exp = client.get_experiment_by_name(served_sweep["study"].study_name)
-    for r in client.search_runs([exp.experiment_id]):
-        blob = repr(r.data.params) + repr(r.data.tags)
-        assert SECRET not in blob
-    assert SECRET not in served_sweep["log"].read_text()
-    assert SECRET not in (served_sweep["tmp"] / f"mlflow-server-{served_sweep['port']}.log").read_text()
+    study = served_sweep["study"]
+    exp = client.get_experiment_by_name(study.study_name)
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags.get("sweep.role") for r in runs) == ["parent", "trial", "trial", "trial"]
+    texts = {"what sweep.run logged": run_log, "the experiment": repr(exp)}
+    for r in runs:
+        texts[f"run {r.info.run_name}"] = repr(r.info) + repr(r.data.params) + repr(r.data.tags)
+    stored = sweep.runner.study.load_study(study.study_name, served_sweep["optuna"])
+    system_attrs = stored._storage.get_study_system_attrs(stored._study_id)  # Optuna 5 has no public reader
+    texts["the Optuna study"] = repr(stored.user_attrs) + repr(system_attrs)
+    for t in stored.get_trials():
+        texts[f"trial {t.number}"] = repr(t.params) + repr(t.user_attrs) + repr(t.system_attrs)
+    texts["sweep server's log"] = served_sweep["log"].read_text()
+    texts["mlflow server's log"] = (tmp / f"mlflow-server-{port}.log").read_text()
+    assert [what for what, text in texts.items() if SECRET in text] == []
+    # and every file the sweep and the server wrote (artifacts, SQLite stores), but the settings
+    assert (tmp / "artifacts").is_dir()
+    files = [p for p in tmp.rglob("*") if p.is_file() and p != settings]
+    assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
 
 
 def test_no_password_on_any_command_line(served_sweep: dict[str, Any]) -> None:
     """`ps` shows every user every command line: `sweep server`, both migrations, `mlflow server`
     and its workers get the database URLs through their environment."""
     seen = served_sweep["cmdlines"].seen | set(process_tree(served_sweep["proc"].pid).values())
+    # the server had the secret: its settings file names the tracking URI with it, and on
+    # PostgreSQL both database URLs
+    assert SECRET in served_sweep["settings"].read_text()
     if "postgresql" in served_sweep["backend"]:
         assert SECRET in served_sweep["backend"] and SECRET in served_sweep["optuna"]
     # all of them were watched: the MLflow and Optuna migrations, the server and its uvicorn worker
@@ -202,11 +258,14 @@ def test_two_workers_share_one_study(served_sweep: dict[str, Any]) -> None:
     d["study"] = "two-workers"
     d["training"]["epochs"] = 1
     path = write_study(tmp, d, "workers.yaml")
-    env = {**os.environ, "SWEEP_OPTUNA_STORAGE": served_sweep["optuna"], "MLFLOW_TRACKING_URI": served_sweep["url"]}
+    env = {**os.environ, "SWEEP_OPTUNA_STORAGE": served_sweep["optuna"],
+           "MLFLOW_TRACKING_URI": served_sweep["tracking"]}
     procs = [subprocess.Popen([sys.executable, "-m", "sweep", "run", str(path)], cwd=tmp, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    # they logged through the tracking URI with the secret, and showed it masked only
+    assert SECRET in env["MLFLOW_TRACKING_URI"] and "mlflow=http://sweep:***@" in "".join(outs), outs
     assert SECRET not in "".join(outs)
     study = sweep.runner.study.load_study("two-workers", served_sweep["optuna"])
     # trials are taken under the study lock: exactly the plan, no surplus trial
@@ -220,13 +279,52 @@ def test_two_workers_share_one_study(served_sweep: dict[str, Any]) -> None:
     assert sum(r.data.tags.get("sweep.role") == "trial" for r in runs) == 6
 
 
-def test_ctrl_c_stops_server_cleanly(served_sweep: dict[str, Any]) -> None:
-    proc, url = served_sweep["proc"], served_sweep["url"]
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(60) == 0
-    with pytest.raises(requests.ConnectionError):
-        requests.get(url + "/health", timeout=2)
-    assert "stopping the MLflow server" in served_sweep["log"].read_text()
+def _own_server_settings(folder: Path, port: int) -> None:
+    """mlflow.yaml for a server of one test's own, on SQLite files in `folder`."""
+    (folder / "mlflow.yaml").write_text(
+        f"optuna_storage: 'sqlite:///{folder / 'optuna.db'}'\n"
+        f"server: {{port: {port}, backend_store_uri: 'sqlite:///{folder / 'mlflow.db'}', "
+        f"artifacts_destination: '{folder / 'artifacts'}'}}\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_ctrl_c_stops_server_cleanly(tmp_path: Path) -> None:
+    """A server of its own: the module's shared one must outlive every test, in any order."""
+    import time
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    _own_server_settings(tmp_path, port)
+    log = tmp_path / "server.log"
+    proc = start_cli_server([], tmp_path, log)
+    tree: dict[int, str] = {}
+    try:
+        wait_health(url, proc, log)
+        tree = process_tree(proc.pid)
+        assert any("mlflow server --host" in c for c in tree.values()), tree
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/health", timeout=2)
+        assert "stopping the MLflow server" in log.read_text()
+        # nothing it started is left behind (its children may take a moment to exit)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {p: c for p, c in tree.items() if _alive(p)} == {}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        for pid in tree:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_restart_on_the_same_port_at_once(tmp_path: Path) -> None:
@@ -234,10 +332,7 @@ def test_restart_on_the_same_port_at_once(tmp_path: Path) -> None:
     must not take that for another server (SO_REUSEADDR, as uvicorn binds)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    (tmp_path / "mlflow.yaml").write_text(
-        f"optuna_storage: 'sqlite:///{tmp_path / 'optuna.db'}'\n"
-        f"server: {{port: {port}, backend_store_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', "
-        f"artifacts_destination: '{tmp_path / 'artifacts'}'}}\n")
+    _own_server_settings(tmp_path, port)
     log = tmp_path / "first.log"
     proc = start_cli_server([], tmp_path, log)
     try:
@@ -264,10 +359,12 @@ def test_restart_on_the_same_port_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("uri", "code", "message"), [
-    ("nosuch://db", 2, "server.backend_store_uri: expected a database URI"),
+    (f"nosuch://bob:{SECRET}@db", 2, "server.backend_store_uri: expected a database URI (sqlite:///file.db or "
+                                     "postgresql://user:pass@host:5432/db), got 'nosuch://bob:***@db'"),
     (f"postgresql://bob:{SECRET}@127.0.0.1:1/mlflow", 3, "cannot connect to the MLflow backend store at postgresql+psycopg2://bob:***@127.0.0.1:1/mlflow"),
-])
+], ids=["not-a-database", "unreachable"])
 def test_bad_backend_uri(uri: str, code: int, message: str, tmp_path: Path) -> None:
+    assert SECRET in uri
     r = subprocess.run([sys.executable, "-m", "sweep", "server", "--port", str(free_port()),
                         "--backend-store-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == code, r.stderr
