@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from sweep.activations import ACTIVATIONS, PARAM_OWNER, resolve_params, suggest_name
 from sweep.errors import ConfigError
+from sweep.models.activations import ACTIVATIONS, PARAM_OWNER, resolve_params, suggest_name
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz")
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")

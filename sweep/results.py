@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sweep import record as obj
-from sweep.activations import resolve_params
 from sweep.errors import SweepError
-from sweep.storage import mask, resolve
+from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
+from sweep.storage import mask, resolve
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweep.activations import ACTIVATIONS, resolve_params
 from sweep.config import FloatRange, SearchConfig, SpaceConfig
+from sweep.models.activations import ACTIVATIONS, resolve_params
 
 if TYPE_CHECKING:
     import optuna

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sweep.activations import ACTIVATIONS, make_layer, prelu_axes, resolve_params, suggest_name
+from sweep.models.activations import ACTIVATIONS, make_layer, prelu_axes, resolve_params, suggest_name
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import sweep
-from sweep.activations import PARAM_DEFAULTS, PARAM_OWNER, prelu_axes
 from sweep.models import ACTIVATION_LAYERS
+from sweep.models.activations import PARAM_DEFAULTS, PARAM_OWNER, prelu_axes
 from sweep.runner import objective as obj
 
 LAYERS = ACTIVATION_LAYERS["seed_cnn"]

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweep.activations import PARAM_DEFAULTS, resolve_params
 from sweep.analysis import stats
 from sweep.config import direction_of
 from sweep.errors import SweepError
+from sweep.models.activations import PARAM_DEFAULTS, resolve_params
 
 if TYPE_CHECKING:
     import optuna

@@ -70,7 +70,7 @@ def _same(a: float, b: float) -> bool:
 
 
 def _label(params: dict[str, Any]) -> str:
-    from sweep.activations import resolve_params
+    from sweep.models.activations import resolve_params
 
     try:
         params = resolve_params(dict(params))  # as the objective names runs

@@ -1,10 +1,10 @@
-"""Model architectures, built from plain parameters (no Optuna): a best config rebuilds without a study."""
+"""The tutorials' CNN, and the registry `build_model` picks a model family from."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from sweep.activations import make_layer, resolve_params
+from sweep.models.activations import make_layer, resolve_params
 
 if TYPE_CHECKING:
     import keras
