@@ -38,7 +38,7 @@ def main() -> None:
     from sweep import data as data_mod
     from sweep import diagnostics
     from sweep.config import DatasetConfig, DiagnosticsConfig, TrainingConfig
-    from sweep.models import ACTIVATION_LAYERS, build_model
+    from sweep.models import activation_layers, build_model
     from sweep.training import train
 
     if not args.data.is_file():
@@ -47,7 +47,7 @@ def main() -> None:
                                        test_samples=1000))
     training = TrainingConfig(epochs=args.epochs, batch_size=250)
     diag = DiagnosticsConfig(probe_samples=args.probe_samples)
-    layers = ACTIVATION_LAYERS["seed_cnn"]
+    layers = activation_layers("seed_cnn")
 
     def fit(with_diagnostics: bool, epochs: int | None = None) -> tuple[float, float]:
         keras.backend.clear_session()

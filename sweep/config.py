@@ -306,12 +306,25 @@ class DiagnosticsConfig(Strict):
     prelu_alphas: bool = True  # after training: learned PReLU alphas, summary metrics and histogram
 
 
+class ModelConfig(Strict):
+    """`model`: the family and its shape. `model: seed_cnn` is short for `{name: seed_cnn}`."""
+
+    name: Literal["seed_cnn"] = "seed_cnn"
+    # `layer`: the activation is its own layer after each linear layer; `inline`: it is passed
+    # to the linear layer as `activation=`, as some tutorials write it
+    placement: Literal["layer"] = "layer"
+
+    def spec(self) -> dict[str, Any]:
+        """What `sweep.build_model` takes as its `model` (with the activation's params)."""
+        return self.model_dump(mode="json")
+
+
 class StudyConfig(Strict):
     _source: str = PrivateAttr("study")  # file (or stored config) it came from, for messages
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
     dataset: DatasetConfig
-    model: Literal["seed_cnn"] = "seed_cnn"
+    model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
@@ -335,6 +348,11 @@ class StudyConfig(Strict):
         if not isinstance(epochs, int) or epochs < 1:
             return data  # training.epochs is reported
         return {**data, "search": {**data["search"], "pruner": {**pruner, "max_resource": epochs}}}
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _metric_needs_validation(self) -> StudyConfig:

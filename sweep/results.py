@@ -40,7 +40,7 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
         "mlflow_run_id": attrs.get(obj.RUN_ID),
         "mlflow_model_uri": attrs.get(obj.MODEL_URI),
         "tracking_uri": mask(resolve(storage, tracking_uri).tracking),
-        "model": cfg.model,
+        "model": cfg.model.spec(),
         "input_shape": attrs.get("input_shape"),
         "num_classes": attrs.get("num_classes"),
         "test_accuracy": attrs.get("test_accuracy"),

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sweep.models import ACTIVATION_LAYERS, build_model
+from sweep.models import activation_layers, build_model
 
 
 def test_seed_cnn_is_the_tutorial_architecture() -> None:
@@ -21,7 +21,7 @@ def test_seed_cnn_is_the_tutorial_architecture() -> None:
     out = model.get_layer("output")
     assert out.units == 10 and out.activation.__name__ == "softmax"
     assert model.output_shape == (None, 10)
-    assert [n for n in ACTIVATION_LAYERS["seed_cnn"] if model.get_layer(n)] == list(ACTIVATION_LAYERS["seed_cnn"])
+    assert [n for n in activation_layers("seed_cnn") if model.get_layer(n)] == list(activation_layers("seed_cnn"))
 
 
 @pytest.mark.parametrize("shared", ["none", "spatial", "all"])

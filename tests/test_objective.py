@@ -18,11 +18,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import sweep
-from sweep.models import ACTIVATION_LAYERS
+from sweep.models import activation_layers
 from sweep.models.activations import PARAM_DEFAULTS, PARAM_OWNER, prelu_axes
 from sweep.runner import objective as obj
 
-LAYERS = ACTIVATION_LAYERS["seed_cnn"]
+LAYERS = activation_layers("seed_cnn")
 # no slope is Keras' default, and the PReLUs differ from each other in both parameters
 CONFIGS = [
     {"activation": "leaky_relu", "leaky_alpha": 0.07},

@@ -20,10 +20,10 @@ from sweep import diagnostics
 from sweep.cli import app
 from sweep.analysis.compare import COLUMNS
 from sweep.analysis.report import FIGURES, REPORT, TABLE
-from sweep.models import ACTIVATION_LAYERS
+from sweep.models import activation_layers
 from sweep.runner.study import PARENT_ATTR
 
-LAYERS = ACTIVATION_LAYERS["seed_cnn"]
+LAYERS = activation_layers("seed_cnn")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from sweep import diagnostics
 from sweep.analysis.compare import compare_study, format_comparison, trial_samples
 from sweep.errors import SweepError
-from sweep.models import ACTIVATION_LAYERS
+from sweep.models import activation_layers
 from sweep.plots import save_with_legend_below
 from sweep.storage import mask, resolve
 from sweep.record import PARENT_ATTR, load_study, stored_config
@@ -223,7 +223,7 @@ def report(study: str, out: str | Path | None = None, storage: str | None = None
     folder.mkdir(parents=True, exist_ok=True)
 
     client = MlflowClient(stores.tracking)
-    layers = ACTIVATION_LAYERS[cfg.model]
+    layers = activation_layers(cfg.model.spec())
     dead_keys = [f"{diagnostics.DEAD_PREFIX}{layer}" for layer in layers]
     try:
         hist = _histories(client, frame, run_ids, [*CURVES, *(f"val_{k}" for k in CURVES), *dead_keys])

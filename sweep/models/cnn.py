@@ -1,19 +1,20 @@
-"""The tutorials' CNN, and the registry `build_model` picks a model family from."""
+"""The tutorials' MNIST CNN (seed_cnn)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from sweep.models.activations import make_layer, resolve_params
+from sweep.models.activations import make_layer
 
 if TYPE_CHECKING:
     import keras
 
-# Activation layers are named so diagnostics and logged metrics can refer to them.
-ACTIVATION_LAYERS = {"seed_cnn": ("act_conv1", "act_conv2", "act_dense1")}
+# The activation layers, named so diagnostics and logged metrics can refer to them.
+LAYERS = ("act_conv1", "act_conv2", "act_dense1")
 
 
-def seed_cnn(input_shape: tuple[int, ...], num_classes: int, params: dict[str, Any]) -> keras.Model:
+def seed_cnn(input_shape: tuple[int, ...], num_classes: int, params: dict[str, Any],
+             placement: str = "layer") -> keras.Model:
     """The tutorials' MNIST CNN, with the activation as its own layer after each linear layer.
 
     Conv2D 32 -> act -> MaxPool -> Dropout .25 -> Conv2D 64 -> act -> MaxPool -> Dropout .25 ->
@@ -22,6 +23,8 @@ def seed_cnn(input_shape: tuple[int, ...], num_classes: int, params: dict[str, A
     import keras
     from keras import layers
 
+    if placement != "layer":
+        raise ValueError(f"seed_cnn: unknown placement {placement!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(32, (3, 3), name="conv1")(inputs)
     x = make_layer(params, rank=4, name="act_conv1")(x)
@@ -36,21 +39,3 @@ def seed_cnn(input_shape: tuple[int, ...], num_classes: int, params: dict[str, A
     x = make_layer(params, rank=2, name="act_dense1")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="output")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
-
-
-MODELS: dict[str, Callable[[tuple[int, ...], int, dict[str, Any]], keras.Model]] = {
-    "seed_cnn": seed_cnn,
-}
-
-
-def build_model(
-    model: str, input_shape: tuple[int, ...] | list[int], num_classes: int, **params: Any
-) -> keras.Model:
-    """Build `model` with the activation given by flat params (`activation=`, `leaky_alpha=`, ...).
-
-    `sweep.build_model(**{k: cfg[k] for k in ("model", "input_shape", "num_classes")}, **cfg["params"])`
-    rebuilds the architecture of a `sweep.best_config(...)` result.
-    """
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    return MODELS[model](tuple(input_shape), int(num_classes), resolve_params(params))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sweep import diagnostics, search
 from sweep.errors import ServiceError, TrialFailed
-from sweep.models import ACTIVATION_LAYERS, build_model
+from sweep.models import activation_layers, build_model
 # the names are re-exported: `objective.RUN_ID` reads as what a trial carries
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
@@ -37,7 +37,8 @@ def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: in
     return {
         **params,
         "seed": seed,
-        "model": cfg.model,
+        "model": cfg.model.name,
+        **{f"model.{k}": v for k, v in cfg.model.spec().items() if k != "name"},
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "dataset": cfg.dataset.name,
@@ -110,9 +111,9 @@ def make_objective(
         try:
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
-            model = build_model(cfg.model, data.input_shape, data.num_classes, **params)
+            model = build_model(cfg.model.spec(), data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
-                         *diagnostics.callbacks(cfg.diagnostics, data, ACTIVATION_LAYERS[cfg.model]),
+                         *diagnostics.callbacks(cfg.diagnostics, data, activation_layers(cfg.model.spec())),
                          _epoch_recorder(trial), run.epoch_logger(), KerasPruningCallback(trial, monitor)]
             result = train(model, data, cfg.training, seed, callbacks)
             metric = cfg.search.metric
@@ -123,7 +124,7 @@ def make_objective(
                 trial.set_user_attr(MODEL_URI, model_uri)
             if cfg.diagnostics.prelu_alphas:
                 with tempfile.TemporaryDirectory() as tmp:
-                    alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), ACTIVATION_LAYERS[cfg.model])
+                    alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), activation_layers(cfg.model.spec()))
                     run.log_extra(alphas, files, "diagnostics", step=len(result.epoch_seconds))
             for k, v in result.test.items():
                 trial.set_user_attr(k, v)
