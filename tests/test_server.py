@@ -86,8 +86,11 @@ def _logs_to(path: Path) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     own = logging.getLogger("sweep")
     loggers = [logging.getLogger(), logging.getLogger("optuna"), logging.getLogger("mlflow")]
-    level = own.level
+    # an in-process CLI call earlier in the session (`sweep.cli._setup_logging`) stops sweep's
+    # lines from reaching the root logger: let them through while this runs
+    level, propagate = own.level, own.propagate
     own.setLevel(logging.DEBUG)
+    own.propagate = True
     for lg in loggers:
         lg.addHandler(handler)
     try:
@@ -96,6 +99,7 @@ def _logs_to(path: Path) -> Iterator[None]:
         for lg in loggers:
             lg.removeHandler(handler)
         own.setLevel(level)
+        own.propagate = propagate
         handler.close()
 
 
