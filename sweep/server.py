@@ -34,6 +34,8 @@ URL_ENV = "SWEEP_DATABASE_URL"
 # `mlflow server` reads --backend-store-uri from here (click `envvar=`) and hands it to its
 # uvicorn/gunicorn workers through their environment too
 MLFLOW_BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
+# the mlflow server's own output, beside the default stores (sweep-*.db, sweep-artifacts/)
+LOG_DIR = Path("sweep-logs")
 
 
 @dataclass
@@ -133,7 +135,8 @@ def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path |
     dest = s.artifacts_destination
     if "://" not in dest:
         Path(dest).mkdir(parents=True, exist_ok=True)
-    log_path = log_path or Path(f"mlflow-server-{s.port}.log")
+    log_path = log_path or LOG_DIR / f"mlflow-server-{s.port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.job_execution).lower(),
            MLFLOW_BACKEND_ENV: backend}
     with open(log_path, "w") as out:
@@ -174,14 +177,18 @@ def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
     def stop_on_term(*_: object) -> None:
         raise KeyboardInterrupt
 
-    # before start(): a SIGTERM while the server starts must stop it too, not orphan it
+    # before start(): a signal while the server starts must stop it too, not orphan it. SIGINT
+    # explicitly as well: a process started with SIGINT ignored (`cmd &` in a script, nohup)
+    # inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own.
+    # docker compose and Kubernetes stop containers with SIGTERM.
     signal.signal(signal.SIGTERM, stop_on_term)
+    signal.signal(signal.SIGINT, stop_on_term)
     try:
         server = start(s, optuna_storage)
     except KeyboardInterrupt:
         return 0
-    log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s); Ctrl-C stops it",
-             server.url, mask(s.backend_store_uri), s.artifacts_destination)
+    log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s, log %s); Ctrl-C stops it",
+             server.url, mask(s.backend_store_uri), s.artifacts_destination, server.log_path)
     try:
         while server.process.poll() is None:
             time.sleep(0.5)

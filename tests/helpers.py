@@ -77,12 +77,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cli_server(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    """`sweep server ARGS` as a real process in its own process group, its output appended to `log`."""
+def start_cli_server(args: list[str], cwd: Path, log: Path, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`sweep server ARGS` as a real process in its own process group, its output appended to `log`.
+    `ignore_sigint`: started as from a script's `cmd &` or nohup, with SIGINT ignored (inherited)."""
+    import signal
     import sys
 
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     return subprocess.Popen([sys.executable, "-m", "sweep", "server", *args], cwd=cwd,
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=ignore if ignore_sigint else None)
 
 
 def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:

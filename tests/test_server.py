@@ -221,7 +221,7 @@ def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:
     for t in stored.get_trials():
         texts[f"trial {t.number}"] = repr(t.params) + repr(t.user_attrs) + repr(t.system_attrs)
     texts["sweep server's log"] = served_sweep["log"].read_text()
-    texts["mlflow server's log"] = (tmp / f"mlflow-server-{port}.log").read_text()
+    texts["mlflow server's log"] = (tmp / "sweep-logs" / f"mlflow-server-{port}.log").read_text()
     assert [what for what, text in texts.items() if SECRET in text] == []
     # and every file the sweep and the server wrote (artifacts, SQLite stores), but the settings
     assert (tmp / "artifacts").is_dir()
@@ -298,7 +298,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_stops_server_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "ignore_sigint"), [
+    (signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c", "ctrl-c, started with SIGINT ignored (nohup, cmd &)", "sigterm (compose, kubernetes)"])
+def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint: bool) -> None:
     """A server of its own: the module's shared one must outlive every test, in any order."""
     import time
 
@@ -306,13 +309,17 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     _own_server_settings(tmp_path, port)
     log = tmp_path / "server.log"
-    proc = start_cli_server([], tmp_path, log)
+    proc = start_cli_server([], tmp_path, log, ignore_sigint=ignore_sigint)
     tree: dict[int, str] = {}
     try:
         wait_health(url, proc, log)
         tree = process_tree(proc.pid)
         assert any("mlflow server --host" in c for c in tree.values()), tree
-        os.killpg(proc.pid, signal.SIGINT)
+        # its log is where the start-up line says, not loose in the working directory
+        assert f"log sweep-logs/mlflow-server-{port}.log" in log.read_text()
+        assert (tmp_path / "sweep-logs" / f"mlflow-server-{port}.log").is_file()
+        assert not list(tmp_path.glob("mlflow-server-*.log"))
+        os.killpg(proc.pid, signum)
         assert proc.wait(60) == 0, log.read_text()
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=2)
