@@ -18,6 +18,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # plain help: rich markup would eat every "[env ...; default ...]" as a style tag
+    rich_markup_mode=None,
 )
 log = logging.getLogger("sweep")
 
@@ -258,11 +260,17 @@ def report(
 @app.command()
 def server(
     config: Optional[str] = typer.Option(None, "--config", help="settings file [default ./mlflow.yaml]"),
-    host: Optional[str] = typer.Option(None, "--host", help="interface to bind [default 127.0.0.1]"),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535),
-    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri"),
-    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1),
+    host: Optional[str] = typer.Option(None, "--host", help="interface to bind [server.host; default 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
+                                       help="port to serve the UI and API on [server.port; default 5000]"),
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="database for MLflow's runs and metrics [server.backend_store_uri; "
+        "default sqlite:///sweep-mlflow.db]; keep passwords off the command line: use mlflow.yaml with ${VAR}"),
+    artifacts_destination: Optional[str] = typer.Option(
+        None, "--artifacts-destination", help="where the server stores artifacts (models, plots) it proxies "
+        "[server.artifacts_destination; default ./sweep-artifacts]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="server worker processes [server.workers; default 1: 0.4 GB]"),
 ) -> None:
     """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
     _setup_logging(False)
