@@ -90,6 +90,9 @@ def test_too_few_runs_and_identical_runs_get_no_test() -> None:
     assert t.loc["gelu", "verdict"] == "identical in every run"
     assert t.loc["relu", "ci_low"] == t.loc["relu", "ci_high"] == 0.9
     assert t.loc["tanh", "verdict"] == "too few runs to test at n=1 vs 2"
+    assert pd.isna(t.loc["tanh", "test"])  # no test ran, so none is named
+    one = compare_samples(_paired(relu=[0.9], gelu=[0.8]), "relu")  # a grid without repeats
+    assert one.design == "none" and "test: none — a test needs at least 2 runs" in format_comparison(one)
     assert math.isnan(t.loc["tanh", "p_value"]) and math.isnan(t.loc["tanh", "std"])
     assert "n < 2 cannot be tested" in format_comparison(c)
 

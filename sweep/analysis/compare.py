@@ -229,7 +229,8 @@ def compare_samples(
         if lb != base:
             r, p_adj = tests[lb], adjusted[lb]
             row.update({
-                "test": r.test, "n_tested": r.n, "diff": r.diff, "diff_ci_low": r.diff_ci[0],
+                "test": r.test if r.n >= 2 and r.n_base >= 2 else None,  # too few runs: no test ran
+                "n_tested": r.n, "diff": r.diff, "diff_ci_low": r.diff_ci[0],
                 "diff_ci_high": r.diff_ci[1], "p_value": r.p_value, "p_adjusted": p_adj,
                 "significant": bool(p_adj < alpha), "effect_measure": r.effect_measure,
                 "effect_size": r.effect_size, "effect_ci_low": r.effect_ci[0], "effect_ci_high": r.effect_ci[1],
@@ -326,6 +327,8 @@ def _design_line(c: Comparison) -> str:
     if c.design == "paired":
         return ("test: paired t-test on per-seed differences — every configuration ran with the same seeds "
                 "(seed, seed+1, …), so each repeat is compared with the baseline's run of that seed.")
+    if c.design == "none":
+        return "test: none — a test needs at least 2 runs of a configuration and of the baseline."
     if c.design == "unpaired":
         return ("test: Welch's t-test — the runs share no seeds with the baseline's (a sampled search draws "
                 "a fresh seed per trial), so they are compared as independent samples.")
