@@ -11,7 +11,7 @@ from sweep.analysis.report import report
 from sweep.config import StudyConfig, load as load_config
 from sweep.errors import ConfigError, ServiceError, SweepError
 from sweep.models import build_model
-from sweep.results import best_config, trials
+from sweep.results import best_config, load_model, pareto_front, trials
 from sweep.runner.study import run
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "build_model",
     "compare",
     "load_config",
+    "load_model",
+    "pareto_front",
     "report",
     "run",
     "trials",

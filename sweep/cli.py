@@ -175,13 +175,19 @@ def best(
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
-    """The best trial's config: value, activation params, MLflow run id."""
+    """The best trial's config: value, activation params, MLflow run id; for a study of several
+    metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
     with _guard():
         from sweep.results import best_config
 
         cfg = best_config(study, storage=storage, tracking_uri=tracking_uri)
     if as_json:
         typer.echo(json.dumps(cfg))
+        return
+    if "pareto" in cfg:
+        from sweep.analysis.pareto import format_pareto
+
+        typer.echo(format_pareto(cfg))
         return
     rows = [("study", cfg["study"]), ("trial", cfg["trial"]), (cfg["metric"], f"{cfg['value']:.4f}"),
             *((k, v) for k, v in cfg["params"].items()), ("seed", cfg["seed"]),

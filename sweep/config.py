@@ -28,48 +28,95 @@ from pydantic import (
 )
 
 from sweep.errors import ConfigError
-from sweep.models.activations import ACTIVATIONS, PARAM_OWNER, resolve_params, suggest_name
+from sweep.models import custom
+from sweep.models.activations import (ACTIVATIONS, ALIASES, PARAM_OWNER, canonical, renamed,
+                                      resolve_params, suggest_name)
+from sweep.models.mlp import HIDDEN, output_layer
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz")
-METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz", "csv")
+METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss", "epoch_seconds")
+MetricName = Literal["val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss", "epoch_seconds"]
 
 
 def direction_of(metric: str) -> str:
-    """Losses are minimized, everything else (accuracies) maximized."""
-    return "minimize" if metric.endswith("loss") else "maximize"
+    """Losses and seconds are minimized, everything else (accuracies) maximized."""
+    return "minimize" if metric.endswith(("loss", "seconds")) else "maximize"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# the fields of a `csv` dataset and their defaults; other datasets refuse them
+CSV_FIELDS: dict[str, Any] = {"target": None, "drop": [], "test_split": 0.2, "seed": 0}
+# the fields of an `mlp` model and their defaults; seed_cnn refuses them
+MLP_FIELDS: dict[str, Any] = {"hidden": list(HIDDEN), "output": "auto", "output_units": None}
+
+
 class DatasetConfig(Strict):
-    name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
+    name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz", "csv"]
     path: Path | None = None
     train_samples: int | None = Field(None, gt=0)
     test_samples: int | None = Field(None, gt=0)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0)
+    # csv only: the class column, columns that are not features, the held-out fraction, and the
+    # seed of that split: one per study (not the trial's), so every trial tests on the same rows
+    target: str | None = None
+    drop: list[str] | None = None
+    test_split: float | None = Field(None, gt=0.0, lt=1.0)
+    seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _csv_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") == "csv":
+            return {**{k: v for k, v in CSV_FIELDS.items() if v is not None}, **data}
+        return data
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, v: Path | None) -> Path | None:
+    def _path_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is None:
             return v
         p = v.expanduser()
         if not p.is_file():
+            what = ("a .csv file: a header line naming the columns, then one line per row"
+                    if info.data.get("name") == "csv" else "a .npz in keras load_data() layout")
             raise ValueError(
                 f"file not found: {str(v)!r} (relative paths are read from the working "
-                f"directory {Path.cwd()}); expected a .npz in keras load_data() layout"
+                f"directory {Path.cwd()}); expected {what}"
             )
         return p.resolve()
 
+    @field_validator(*CSV_FIELDS)
+    @classmethod
+    def _csv_only(cls, v: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name")
+        if v is not None and name is not None and name != "csv":
+            raise ValueError(f"applies to dataset 'csv' only, not {name!r}; remove it")
+        return v
+
     @model_validator(mode="after")
     def _npz_needs_path(self) -> DatasetConfig:
-        if self.name == "npz" and self.path is None:
-            raise ValueError("dataset 'npz' needs `path` to a .npz with x_train, y_train, x_test, y_test")
+        problems = []
+        if self.name in ("npz", "csv") and self.path is None:
+            problems.append(f"dataset {self.name!r} needs `path` to " + (
+                "a .csv file" if self.name == "csv" else "a .npz with x_train, y_train, x_test, y_test"))
         if self.name == "digits" and self.path is not None:
-            raise ValueError("dataset 'digits' ships with scikit-learn and takes no `path`")
+            problems.append("dataset 'digits' ships with scikit-learn and takes no `path`")
+        if self.name == "csv" and not self.target:
+            problems.append("dataset 'csv' needs `target`: the column that holds each row's class")
+        if self.name == "csv" and self.target in (self.drop or []):
+            problems.append(f"`drop` lists the target column {self.target!r}; the target is never a feature")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # an image dataset's dump (stored with the study, logged to MLflow) is what it was before csv
+        out = handler(self)
+        return out if self.name == "csv" else {k: v for k, v in out.items() if k not in CSV_FIELDS}
 
 
 class TrainingConfig(Strict):
@@ -100,14 +147,29 @@ AlphaInit = Union[Literal["zeros"], float]
 SharedAxes = Literal["none", "spatial", "all"]
 
 
-def _check_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        hint = suggest_name(name)
-        tip = f"; did you mean {hint!r}?" if hint else ""
-        raise ValueError(
-            f"unknown activation {name!r}{tip} Expected one of: {', '.join(ACTIVATIONS)}"
-        )
-    return name
+def _check_activation(name: str, info: ValidationInfo) -> str:
+    # a Keras class name is stored as sweep's name, so Optuna, MLflow and compare see one name
+    name = canonical(name)
+    if name in ACTIVATIONS:
+        return name
+    if custom.is_custom(name):
+        # imported and tried when a study file is read; a stored config is taken as it is: its code
+        # may not be importable where it is read (`sweep best`), which needs no TensorFlow
+        if info.context is not None and not info.context.get("stored"):
+            custom.check(name)
+        return name
+    hint = suggest_name(name)
+    tip = f"; did you mean {hint!r}?" if hint else ""
+    raise ValueError(
+        f"unknown activation {name!r}{tip} Expected one of: {', '.join(ACTIVATIONS)}; a Keras class "
+        f"name ({', '.join(ALIASES)}); or custom code as package.module:Name or path/to/file.py:Name"
+    )
+
+
+def _refuse_renamed(v: Any, info: ValidationInfo) -> Any:
+    # `alpha` (Keras 2) and `negative_slope` (Keras 3) are fields only so that their refusal names
+    # them at their own path, and the rest of the entry is still checked; never stored
+    raise ValueError(renamed(str(info.field_name), v))
 
 
 ActivationName = Annotated[str, AfterValidator(_check_activation)]
@@ -126,6 +188,19 @@ class SpaceConfig(Strict):
     leaky_alpha: FloatRange | list[float] | None = None
     prelu_alpha_init: list[AlphaInit] | None = Field(None, min_length=1)
     prelu_shared_axes: list[SharedAxes] | None = Field(None, min_length=1)
+    alpha: Any = Field(None, exclude=True)  # refused: see _refuse_renamed
+    negative_slope: Any = Field(None, exclude=True)
+
+    _renamed = field_validator("alpha", "negative_slope", mode="before")(_refuse_renamed)
+
+    @field_validator("activation")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        twice = sorted({a for a in v if v.count(a) > 1})
+        if twice:
+            raise ValueError(f"each activation may be listed once (a Keras class name is the same "
+                             f"activation), got {', '.join(twice)} more than once")
+        return v
 
     @field_validator("leaky_alpha")
     @classmethod
@@ -155,6 +230,10 @@ class TrialConfig(Strict):
     leaky_alpha: float | None = Field(None, ge=0.0)
     prelu_alpha_init: AlphaInit | None = None
     prelu_shared_axes: SharedAxes | None = None
+    alpha: Any = Field(None, exclude=True)  # refused: see _refuse_renamed
+    negative_slope: Any = Field(None, exclude=True)
+
+    _renamed = field_validator("alpha", "negative_slope", mode="before")(_refuse_renamed)
 
     @model_validator(mode="after")
     def _applies(self) -> TrialConfig:
@@ -250,19 +329,54 @@ class PrunerConfig(Strict):
 class SearchConfig(Strict):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     n_trials: int | None = Field(None, gt=0)
-    metric: Literal["val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss"] = (
-        "val_accuracy"
-    )
+    # one metric, or several optimised together (a Pareto front); a single one stays a string,
+    # so configs stored before several were possible compare equal and their studies resume
+    metric: MetricName | list[MetricName] = "val_accuracy"
     pruner: PrunerConfig = PrunerConfig()
     seed: int = 0
     space: SpaceConfig | None = None
     configs: list[TrialConfig] | None = Field(None, min_length=1)
     repeats: int = Field(1, gt=0)  # after space: its validator reads the sampler and the space
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pruner_by_default_for_several_metrics(cls, data: Any) -> Any:
+        # Optuna cannot prune a multi-objective study (Trial.report and should_prune raise), so
+        # there the default pruner is `none`; one given explicitly is refused in _one_pruned_metric
+        if (isinstance(data, dict) and "pruner" not in data and isinstance(data.get("metric"), list)
+                and len(set(map(str, data["metric"]))) > 1):
+            return {**data, "pruner": "none"}
+        return data
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metrics(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v  # a single metric: pydantic checks the name
+        # checked here, so a bad list gives one line rather than one per member of the union
+        unknown = [m for m in v if m not in METRICS]
+        if not v or unknown:
+            raise ValueError(f"expected a metric or a list of distinct metrics from {', '.join(METRICS)}; "
+                             f"got {v!r}" + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else ""))
+        repeated = sorted({m for m in v if v.count(m) > 1})
+        if repeated:
+            raise ValueError(f"each metric may be listed once, got {', '.join(repeated)} more than once")
+        return v[0] if len(v) == 1 else v  # a list of one is that metric: a single-objective study
+
     @field_validator("pruner", mode="before")
     @classmethod
     def _pruner_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("pruner")
+    @classmethod
+    def _one_pruned_metric(cls, v: PrunerConfig, info: ValidationInfo) -> PrunerConfig:
+        metric = info.data.get("metric")
+        if isinstance(metric, list) and v.name != "none":
+            raise ValueError(
+                f"a study of several metrics ({', '.join(metric)}) cannot be pruned: Optuna prunes "
+                f"single-objective studies only; set `pruner: none`, got {v.name!r}")
+        return v
 
     @field_validator("repeats")
     @classmethod
@@ -294,7 +408,19 @@ class SearchConfig(Strict):
         return self
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric(s) Optuna optimises, in the order of the trial's values."""
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    @property
+    def directions(self) -> list[str]:
+        return [direction_of(m) for m in self.metrics]
+
+    @property
     def direction(self) -> str:
+        """The direction of a single metric (a study of several has `directions`)."""
+        if not isinstance(self.metric, str):
+            raise ValueError(f"search.metric lists {len(self.metric)} metrics; use `directions`")
         return direction_of(self.metric)
 
 
@@ -309,10 +435,46 @@ class DiagnosticsConfig(Strict):
 class ModelConfig(Strict):
     """`model`: the family and its shape. `model: seed_cnn` is short for `{name: seed_cnn}`."""
 
-    name: Literal["seed_cnn"] = "seed_cnn"
+    name: Literal["seed_cnn", "mlp"] = "seed_cnn"
+    # mlp only: the hidden Dense widths, and the output layer. `auto` builds it from the target
+    # (2 classes: one sigmoid unit; more: softmax, one unit per class); `softmax`/`sigmoid` and
+    # `output_units` say what the study expects, refused once the data shows it cannot fit
+    hidden: list[Annotated[int, Field(gt=0)]] | None = Field(None, min_length=1)
+    output: Literal["auto", "softmax", "sigmoid"] | None = None
+    output_units: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mlp_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") == "mlp":
+            return {**{k: v for k, v in MLP_FIELDS.items() if v is not None}, **data}
+        return data
+
+    @field_validator(*MLP_FIELDS)
+    @classmethod
+    def _mlp_only(cls, v: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name")
+        if v is not None and name is not None and name != "mlp":
+            raise ValueError(f"applies to model 'mlp' only, not {name!r}; remove it")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # seed_cnn's spec (what its builder takes, stored and logged) is what it was before mlp
+        out = handler(self)
+        return out if self.name == "mlp" else {k: v for k, v in out.items() if k not in MLP_FIELDS}
+
+    def check_output(self, num_classes: int, labels: str, source: str) -> None:
+        """Refuse, before anything is written, an output that cannot fit the loaded target."""
+        if self.name != "mlp":
+            return  # seed_cnn always ends in softmax, one unit per class
+        try:
+            output_layer(num_classes, self.output or "auto", self.output_units, labels)
+        except ValueError as e:
+            raise ConfigError(source, [str(e)]) from None
     # `layer`: the activation is its own layer after each linear layer; `inline`: it is passed
     # to the linear layer as `activation=`, as some tutorials write it
-    placement: Literal["layer"] = "layer"
+    placement: Literal["layer", "inline"] = "layer"
 
     def spec(self) -> dict[str, Any]:
         """What `sweep.build_model` takes as its `model` (with the activation's params)."""
@@ -356,10 +518,9 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _metric_needs_validation(self) -> StudyConfig:
-        if self.search.metric.startswith("val_") and self.dataset.validation_split == 0:
-            raise ValueError(
-                f"search.metric {self.search.metric!r} needs dataset.validation_split > 0"
-            )
+        for metric in self.search.metrics:
+            if metric.startswith("val_") and self.dataset.validation_split == 0:
+                raise ValueError(f"search.metric {metric!r} needs dataset.validation_split > 0")
         return self
 
     def to_json(self) -> str:

@@ -9,6 +9,8 @@ learned negative alpha) and smooth activations the same, comparable definition.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
     from sweep.config import DiagnosticsConfig
     from sweep.data import Dataset
+
+log = logging.getLogger(__name__)
 
 DEAD_PREFIX = "dead_fraction/"
 ALPHA_PREFIX = "prelu_alpha/"
@@ -102,9 +106,20 @@ def dead_units_callback(probe: np.ndarray, layers: Sequence[str]) -> keras.callb
     return DeadUnits()
 
 
+@functools.lru_cache(maxsize=1)
+def _note_no_layers() -> None:
+    log.info("dead-unit diagnostics skipped: the model has no separate activation layers to probe "
+             "(with model.placement: inline each activation is inside its linear layer)")
+
+
 def callbacks(cfg: DiagnosticsConfig, data: Dataset, layers: Sequence[str]) -> list[Any]:
     """The diagnostics callbacks a study's config asks for (maybe none)."""
     if not cfg.dead_units:
+        return []
+    if not layers:
+        # an inline activation (`model.placement: inline`) has no layer whose input, the
+        # pre-activation, a probe could read: it lives inside the linear layer's call
+        _note_no_layers()
         return []
     return [dead_units_callback(probe_batch(data, cfg.probe_samples), layers)]
 

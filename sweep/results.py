@@ -11,7 +11,11 @@ from sweep.record import load_study, stored_config
 from sweep.storage import mask, resolve
 
 if TYPE_CHECKING:
+    import keras
+    import optuna
     import pandas as pd
+
+    from sweep.config import StudyConfig
 
 
 def best_config(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -20,13 +24,15 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     Keys: study, trial, value, metric, direction, params (activation and its parameters),
     seed, mlflow_run_id, mlflow_model_uri, tracking_uri, model, input_shape, num_classes,
     training.
-    """
-    from optuna.trial import TrialState
 
+    A study of several metrics has no single best trial: for it this returns `pareto_front`,
+    a dict whose `pareto` lists the Pareto-optimal trials.
+    """
     s = load_study(study, storage)
     cfg = stored_config(s)
-    if not s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise SweepError(f"study {study!r} has no completed trial yet; run `sweep run` first")
+    _has_complete(s)
+    if len(cfg.search.metrics) > 1:
+        return _pareto(s, cfg, storage, tracking_uri)
     best = s.best_trial
     attrs = best.user_attrs
     return {
@@ -48,11 +54,96 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     }
 
 
+def pareto_front(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The Pareto front of `study`: Optuna's `best_trials`, each enough to rebuild its model.
+
+    Keys: study, metrics, directions, pareto (per trial: trial, values {metric: value}, params,
+    seed, test_accuracy, mean_epoch_seconds, mlflow_run_id, mlflow_model_uri; best first in the
+    first metric), tracking_uri, model, input_shape, num_classes, training. For a study of one
+    metric the front is its trial(s) with the best value.
+    """
+    s = load_study(study, storage)
+    cfg = stored_config(s)
+    _has_complete(s)
+    return _pareto(s, cfg, storage, tracking_uri)
+
+
+def _has_complete(s: optuna.Study) -> None:
+    from optuna.trial import TrialState
+
+    if not s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise SweepError(f"study {s.study_name!r} has no completed trial yet; run `sweep run` first")
+
+
+def _pareto(s: optuna.Study, cfg: StudyConfig, storage: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    from sweep.analysis.pareto import members
+
+    front = members(s, cfg.search.metrics, cfg.search.directions)
+    first = front[0]["trial"]
+    attrs = next(t.user_attrs for t in s.get_trials(deepcopy=False) if t.number == first)
+    return {
+        "study": s.study_name,
+        "metrics": list(cfg.search.metrics),
+        "directions": cfg.search.directions,
+        "pareto": front,
+        "tracking_uri": mask(resolve(storage, tracking_uri).tracking),
+        "model": cfg.model.spec(),
+        "input_shape": attrs.get("input_shape"),
+        "num_classes": attrs.get("num_classes"),
+        "training": cfg.training.model_dump(),
+    }
+
+
+def load_model(study: str, trial: int | None = None, storage: str | None = None,
+               tracking_uri: str | None = None) -> keras.Model:
+    """The Keras model a trial logged to MLflow, ready to predict: the best trial's by default.
+
+    A logged model's URI (`models:/m-...`) names a model in one tracking store, so MLflow must be
+    pointed at the study's store to load it; this does that for the call only, and first
+    registers a custom activation the trial used (Keras loads only classes registered in the
+    loading process). A study of several metrics has no single best: pass `trial`.
+    """
+    import mlflow
+
+    from sweep.models import custom
+
+    s = load_study(study, storage)
+    cfg = stored_config(s)
+    if trial is None:
+        _has_complete(s)
+        if len(cfg.search.metrics) > 1:
+            raise SweepError(f"study {study!r} has several metrics and no single best trial; pass trial= "
+                             "with one of its Pareto front (sweep.pareto_front)")
+        t = s.best_trial
+    else:
+        t = next((x for x in s.get_trials(deepcopy=False) if x.number == trial), None)
+        if t is None:
+            raise SweepError(f"study {study!r} has no trial {trial}; it has trials 0..{len(s.trials) - 1}")
+    uri = t.user_attrs.get(obj.MODEL_URI)
+    if not uri:
+        raise SweepError(f"trial {t.number} of study {study!r} logged no model ({t.state.name}); "
+                         "only complete trials have one")
+    activation = t.params.get("activation")
+    if custom.is_custom(activation):
+        custom.register(activation)
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(resolve(storage, tracking_uri).tracking)
+    try:
+        return mlflow.keras.load_model(uri)
+    except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
+        raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
+                         f"{mask(resolve(storage, tracking_uri).tracking)} failed: {mask(str(e).splitlines()[0]).rstrip('.')}. "
+                         "Pass the tracking_uri the study was run with.") from None
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
 def trials(study: str, storage: str | None = None) -> pd.DataFrame:
-    """One row per trial: number, state, value, params (by name), seed, MLflow run id, times."""
+    """One row per trial: number, state, value, params (by name), seed, MLflow run id, times.
+    A study of several metrics has a column per metric (Optuna's `values_<metric>`) for `value`."""
     s = load_study(study, storage)
     df = s.trials_dataframe()
-    df = df.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    df = df.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_").removeprefix("values_"))
     if "state" in df:
         df["state"] = df["state"].astype(str)
     return df

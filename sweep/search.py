@@ -85,7 +85,9 @@ def make_sampler(search: SearchConfig, offset: int = 0, worker: str | None = Non
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # grid: explicit trials are enqueued; the sampler only matters if more trials are asked for.
-    # constant_liar: running trials count as (bad) results, so parallel workers spread out
+    # constant_liar: running trials count as (bad) results, so parallel workers spread out.
+    # With several metrics this is Optuna's multi-objective TPE (MOTPE), constant liar included:
+    # its split puts running trials on the "above" side for one objective or many
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
@@ -99,7 +101,12 @@ def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     return cls(**p.kwargs())
 
 
-def monitor(search: SearchConfig, has_validation: bool) -> str:
-    """The per-epoch value reported to Optuna (test metrics exist only after training)."""
+def monitor(search: SearchConfig, has_validation: bool) -> str | None:
+    """The per-epoch value reported to Optuna (test metrics exist only after training), or None
+    for a study of several metrics: Optuna cannot prune those (`Trial.report` raises)."""
+    if len(search.metrics) > 1:
+        return None
+    if search.metric == "epoch_seconds":
+        return "epoch_seconds"  # the epoch timer puts it in Keras' logs
     base = search.metric.removeprefix("test_").removeprefix("val_")
     return f"val_{base}" if has_validation else base

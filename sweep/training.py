@@ -40,12 +40,18 @@ def _optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
 
 
 def compile_model(model: keras.Model, training: TrainingConfig) -> None:
-    # sparse labels: the same loss as the tutorials' one-hot categorical_crossentropy
-    model.compile(
-        optimizer=_optimizer(training),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    """The loss that fits the model's output: one sigmoid unit (a 2-class target) -> binary
+    cross-entropy; one unit per class -> categorical cross-entropy on class indices. Either way
+    `evaluate` returns (loss, accuracy), so test_loss and test_accuracy mean the same for both."""
+    import keras
+
+    if model.output_shape[-1] == 1:
+        # labels 0/1; explicit, rather than Keras guessing "accuracy" from the shapes
+        loss, accuracy = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        # sparse labels: the same loss as the tutorials' one-hot categorical_crossentropy
+        loss, accuracy = "sparse_categorical_crossentropy", "accuracy"
+    model.compile(optimizer=_optimizer(training), loss=loss, metrics=[accuracy])
 
 
 def _callback_base() -> type:

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
+from helpers import study_dict, write_study
 
-from sweep.models.activations import ACTIVATIONS, make_layer, prelu_axes, resolve_params, suggest_name
+from sweep import config
+from sweep.errors import ConfigError
+from sweep.models import build_model
+from sweep.models.activations import ACTIVATIONS, ALIASES, make_layer, prelu_axes, resolve_params, suggest_name
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -72,3 +83,56 @@ def test_resolve_params_fills_keras_defaults_and_drops_foreign_params() -> None:
                                             ("banana", None), ("gelu_", "gelu")])
 def test_suggest_name(typo: str, hint: str | None) -> None:
     assert suggest_name(typo) == hint
+
+
+# --- the names tutorials write: Keras class names (aliases) and Keras 2's `alpha` (refused) ---
+
+@pytest.mark.parametrize(("alias", "name"), sorted(ALIASES.items()))
+def test_keras_class_names_are_aliases_of_the_builtins(alias: str, name: str, tiny_npz: Path) -> None:
+    assert resolve_params({"activation": alias}) == resolve_params({"activation": name})
+    assert type(make_layer({"activation": alias}, 2, "a")) is type(make_layer({"activation": name}, 2, "b"))
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=1, space={"activation": [alias]})
+    assert config.parse(d, "x.yaml").model_dump()["search"]["space"]["activation"] == [name]  # stored so
+
+
+def test_an_alias_and_its_name_are_one_activation(tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=1, space={"activation": ["LeakyReLU", "leaky_relu"]})
+    with pytest.raises(ConfigError) as e:
+        config.parse(d, "x.yaml")
+    assert e.value.problems == ["search.space.activation: each activation may be listed once (a Keras class "
+                                "name is the same activation), got leaky_relu more than once"]
+
+
+KERAS2 = ("search.configs.1.alpha: `alpha` is Keras 2's name for the LeakyReLU slope (Keras 3 calls it "
+          "`negative_slope`); sweep calls it `leaky_alpha`: rename alpha to leaky_alpha, got alpha=0.1")
+
+
+def test_keras2_alpha_is_refused_naming_negative_slope_and_leaky_alpha(tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz)
+    d["search"]["configs"][1] = {"activation": "LeakyReLU", "alpha": 0.1}
+    d["search"]["configs"].append({"activation": "leaky_relu", "negative_slope": 0.2, "leaky_alpha": -1})
+    with pytest.raises(ConfigError) as e:
+        config.parse(d, "x.yaml")
+    assert e.value.problems == [  # each at its own path, and the rest of each entry still checked
+        KERAS2,
+        "search.configs.3.leaky_alpha: Input should be greater than or equal to 0, got -1",
+        "search.configs.3.negative_slope: `negative_slope` is Keras 3's name for the LeakyReLU slope; sweep "
+        "calls it `leaky_alpha`: rename negative_slope to leaky_alpha, got negative_slope=0.2"]
+    space = study_dict(tiny_npz, configs=None, sampler="random", n_trials=1,
+                       space={"activation": ["leaky_relu"], "alpha": {"low": 0.01, "high": 0.3}})
+    with pytest.raises(ConfigError) as e:
+        config.parse(space, "x.yaml")
+    assert [p.split(":")[0] for p in e.value.problems] == ["search.space.alpha"]
+    with pytest.raises(ValueError, match="rename alpha to leaky_alpha, got alpha=0.1"):
+        build_model("seed_cnn", (28, 28, 1), 10, activation="leaky_relu", alpha=0.1)
+
+
+def test_cli_refuses_keras2_alpha_in_one_line(tmp_path: Path, tiny_npz: Path) -> None:
+    d = study_dict(tiny_npz)
+    d["search"]["configs"][1] = {"activation": "leaky_relu", "alpha": 0.1}
+    write_study(tmp_path, d, "bad.yaml")
+    r = subprocess.run([sys.executable, "-m", "sweep", "run", "bad.yaml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: bad.yaml: {KERAS2}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "tiny.npz"]  # no store written

@@ -50,11 +50,11 @@ def _problems(tmp_path: Path, data: dict) -> list[str]:
 
 def test_all_problems_reported_at_once_with_field_paths(tmp_path: Path, tiny_npz: Path) -> None:
     d = study_dict(tiny_npz, configs=None, sampler="tpe", n_trials=3,
-                   space={"activation": ["relu", "LeakyReLU"], "leaky_alpha": {"low": -0.1, "high": 0.5}})
+                   space={"activation": ["relu", "Leaky-ReLU"], "leaky_alpha": {"low": -0.1, "high": 0.5}})
     d["training"]["epochs"] = 0
     probs = _problems(tmp_path, d)
     text = "\n".join(probs)
-    assert "search.space.activation.1: unknown activation 'LeakyReLU'; did you mean 'leaky_relu'?" in text
+    assert "search.space.activation.1: unknown activation 'Leaky-ReLU'; did you mean 'leaky_relu'?" in text
     assert "search.space.leaky_alpha" in text and "must be >= 0, got -0.1" in text
     assert "training.epochs: Input should be greater than 0, got 0" in text
 
@@ -217,8 +217,8 @@ BAD = {
     "missing file": (None, ["nope.yaml: file not found"]),
     "broken yaml": ("study: x\ndataset: [unclosed\n", ["line ", "invalid YAML"]),
     "unknown key": ({"colour": "red"}, ["colour: unknown key 'colour'"]),
-    "unknown activation": ({"search": {"configs": [{"activation": "LeakyReLU"}]}},
-                           ["search.configs.0.activation: unknown activation 'LeakyReLU'; did you mean 'leaky_relu'?"]),
+    "unknown activation": ({"search": {"configs": [{"activation": "Leaky-ReLU"}]}},
+                           ["search.configs.0.activation: unknown activation 'Leaky-ReLU'; did you mean 'leaky_relu'?"]),
     "negative slope": ({"search": {"configs": None, "n_trials": 2, "space": {
         "activation": ["leaky_relu"], "leaky_alpha": {"low": -0.1, "high": 0.5}}}},
         ["search.space.leaky_alpha", "must be >= 0, got -0.1"]),
@@ -226,7 +226,7 @@ BAD = {
         "activation": ["leaky_relu"], "leaky_alpha": {"low": 0.5, "high": 0.1}}}},
         ["search.space.leaky_alpha: low must be <= high, got low=0.5, high=0.1"]),
     "unknown dataset": ({"dataset": {"name": "imagenet"}},
-                        ["dataset.name: Input should be 'mnist', 'fashion_mnist', 'cifar10', 'digits' or 'npz', got 'imagenet'"]),
+                        ["dataset.name: Input should be 'mnist', 'fashion_mnist', 'cifar10', 'digits', 'npz' or 'csv', got 'imagenet'"]),
     "missing path": ({"dataset": {"name": "mnist", "path": "no/such.npz"}},
                      ["dataset.path: file not found: 'no/such.npz'"]),
     "pruner field it does not use": ({"search": {"pruner": {"name": "hyperband", "n_warmup_steps": 2}}},

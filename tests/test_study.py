@@ -131,6 +131,39 @@ def test_best_config_agrees_with_optuna_and_rebuilds(mnist_sweep: dict[str, Any]
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in logged.weights]
 
 
+def test_load_model_predicts_without_setting_up_mlflow(mnist_sweep: dict[str, Any], mnist_path: Path,
+                                                      tmp_path: Path) -> None:
+    """`mlflow.pyfunc.load_model(best["mlflow_model_uri"])` alone fails ("Logged model not found")
+    and leaves ./mlflow.db behind; `sweep.load_model` points MLflow at the study's store for the
+    call. A fresh process, so nothing this test session set up for MLflow helps it."""
+    study = mnist_sweep["study"]
+    other = min(t.number for t in study.get_trials() if t.number != study.best_trial.number)
+    code = ("import sys, json, mlflow, numpy as np, sweep\n"
+            "storage, tracking, npz, other = sys.argv[1:5]\n"
+            "before = mlflow.get_tracking_uri()\n"
+            "model = sweep.load_model('mnist-families', storage=storage, tracking_uri=tracking)\n"
+            "with np.load(npz) as f:\n"
+            "    x = (f['x_test'][:1000].astype('float32') / 255.0)[..., None]\n"
+            "    y = f['y_test'][:1000]\n"
+            "acc = float((model.predict(x, verbose=0).argmax(1) == y).mean())\n"
+            "n = sweep.load_model('mnist-families', trial=int(other), storage=storage, tracking_uri=tracking).count_params()\n"
+            "try:\n"
+            "    sweep.load_model('mnist-families', trial=99, storage=storage, tracking_uri=tracking)\n"
+            "    missing = ''\n"
+            "except sweep.SweepError as e:\n"
+            "    missing = str(e)\n"
+            "print(json.dumps({'acc': acc, 'params': n, 'same_uri': mlflow.get_tracking_uri() == before, "
+            "'missing': missing}))\n")
+    r = subprocess.run([sys.executable, "-c", code, mnist_sweep["storage"], mnist_sweep["tracking"], str(mnist_path),
+                        str(other)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["acc"] == pytest.approx(study.best_trial.user_attrs["test_accuracy"], abs=1e-6)
+    assert out["params"] > 0 and out["same_uri"] and "has no trial 99" in out["missing"]
+    assert not list(tmp_path.glob("*.db"))  # no stray ./mlflow.db
+
+
 def test_trials_dataframe(mnist_sweep: dict[str, Any]) -> None:
     df = sweep.trials("mnist-families", storage=mnist_sweep["storage"])
     assert list(df["number"]) == [0, 1, 2]

@@ -352,14 +352,16 @@ def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, 
     done = [t for t in every if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: (t.user_attrs.get(CONFIG_INDEX, math.inf), t.number))
 
+    objectives = cfg.search.metrics  # one metric, or several (a multi-objective study)
+
     def value(t: optuna.trial.FrozenTrial) -> Any:
         if metric in t.user_attrs:
             return t.user_attrs[metric]
-        return t.value if metric == cfg.search.metric else None
+        return t.values[objectives.index(metric)] if metric in objectives and t.values else None
 
     missing = [t.number for t in done if value(t) is None]
     if missing:
-        known = sorted({"test_accuracy", "test_loss", cfg.search.metric})
+        known = sorted({"test_accuracy", "test_loss", *objectives})
         raise SweepError(f"study {study.study_name!r}: trial(s) {missing[:5]} have no {metric!r}; "
                          f"pass --metric with one of: {', '.join(known)}")
     labels = config_labels([resolve_params(t.params) for t in done])

@@ -45,6 +45,14 @@ FIGURES = {
     "optuna_parallel_coordinate.png": "Optuna: parallel coordinates",
     "optuna_slice.png": "Optuna: slice plot of the activation parameters",
 }
+# a study of several metrics: Optuna's history and slice plots take one objective (they raise
+# without `target`); the Pareto front shows every trial in all of them instead
+PARETO_FIGURES = {
+    **{k: v for k, v in FIGURES.items() if not k.startswith("optuna_")},
+    "optuna_pareto_front.png": "Optuna: Pareto front (its trials highlighted)",
+    "optuna_importances.png": "Optuna: parameter importances, per metric",
+    "optuna_parallel_coordinate.png": FIGURES["optuna_parallel_coordinate.png"],
+}
 CURVES = ("accuracy", "loss")
 # line style and marker per configuration, so configurations with equal curves stay visible
 STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"))
@@ -155,12 +163,14 @@ def _optuna_plot(plt: Any, draw: Callable[[], Any], study: str, path: Path) -> P
     return path
 
 
-def _optuna_figures(plt: Any, study: optuna.Study, target: str, folder: Path) -> tuple[list[Path], list[str]]:
+def _optuna_figures(plt: Any, study: optuna.Study, metrics: tuple[str, ...], folder: Path
+                    ) -> tuple[list[Path], list[str]]:
     import optuna.visualization.matplotlib as ov
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     common = sorted(set.intersection(*(set(t.params) for t in done))) if done else []
+    target = metrics[0]
     jobs = {
         "optuna_history.png": lambda: ov.plot_optimization_history(study, target_name=target),
         "optuna_importances.png": lambda: ov.plot_param_importances(study, target_name=target),
@@ -169,6 +179,12 @@ def _optuna_figures(plt: Any, study: optuna.Study, target: str, folder: Path) ->
                                                                                target_name=target),
         "optuna_slice.png": lambda: ov.plot_slice(study, target_name=target),
     }
+    if len(metrics) > 1:  # importances and parallel coordinates draw every objective themselves
+        jobs = {
+            "optuna_pareto_front.png": lambda: ov.plot_pareto_front(study, target_names=list(metrics)),
+            "optuna_importances.png": lambda: ov.plot_param_importances(study),
+            "optuna_parallel_coordinate.png": lambda: ov.plot_parallel_coordinate(study, params=common),
+        }
     made, missing = [], []
     for name, draw in jobs.items():
         try:
@@ -177,6 +193,16 @@ def _optuna_figures(plt: Any, study: optuna.Study, target: str, folder: Path) ->
             plt.close("all")
             missing.append(f"{name}: Optuna could not draw it ({type(e).__name__}: {e})")
     return made, missing
+
+
+def _front_line(study: optuna.Study, metrics: tuple[str, ...], directions: list[str]) -> str:
+    from sweep.analysis.pareto import members
+
+    front = members(study, metrics, directions)
+    each = "; ".join(f"trial {m['trial']} " + ", ".join(f"{k} {v:.4f}" for k, v in m["values"].items())
+                     + f" ({', '.join(f'{p}={v}' for p, v in m['params'].items())})" for m in front)
+    aims = ", ".join(f"{m} {d}d" for m, d in zip(metrics, directions))
+    return f"Pareto front ({aims}), {len(front)} trial(s), `sweep best` lists them: {each}."
 
 
 def _dead_table(hist: dict[str, dict[str, list[np.ndarray]]], layers: tuple[str, ...]) -> str:
@@ -244,7 +270,7 @@ def report(study: str, out: str | Path | None = None, storage: str | None = None
     if alphas:
         made.append(diagnostics.alpha_histogram(alphas, f"{cfg.study}: learned PReLU alphas (pooled over repeats)",
                                                 folder / "prelu_alphas.png", colors))
-    optuna_made, missing = _optuna_figures(plt, s, cfg.search.metric, folder)
+    optuna_made, missing = _optuna_figures(plt, s, cfg.search.metrics, folder)
     files = [p for p in made if p is not None] + optuna_made
     names = {p.name for p in files}
     missing = [f"{n}: no data (dead-unit diagnostics off, or no PReLU configuration)"
@@ -262,10 +288,14 @@ def report(study: str, out: str | Path | None = None, storage: str | None = None
         "", "## Comparison", "", format_comparison(comparison, markdown=True), f"Table as CSV: [{TABLE}]({TABLE})",
     ]
     sections = {"accuracy.png": "## Training curves", "dead_fraction.png": "## Dying units",
-                "prelu_alphas.png": "## PReLU alphas", "optuna_history.png": "## Optuna"}
-    for name, caption in FIGURES.items():
+                "prelu_alphas.png": "## PReLU alphas", "optuna_history.png": "## Optuna",
+                "optuna_pareto_front.png": "## Optuna"}
+    several = len(cfg.search.metrics) > 1
+    for name, caption in (PARETO_FIGURES if several else FIGURES).items():
         if name in sections:
             text += ["", sections[name]]
+        if name == "optuna_pareto_front.png":
+            text += ["", _front_line(s, cfg.search.metrics, cfg.search.directions)]
         if name == "dead_fraction.png" and name in names:
             text += ["", f"Final-epoch fraction of units (channels for convolutions) never positive on "
                          f"{cfg.diagnostics.probe_samples} probe images, mean over repeats:", "",

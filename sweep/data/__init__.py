@@ -1,6 +1,27 @@
 """Datasets in, arrays out: loaded once per worker (`load`), turned into `tf.data` pipelines per
 trial (`pipelines`). Nothing here knows about models, Optuna or MLflow."""
 
-from sweep.data.images import NPZ_KEYS, Dataset, load, pipelines, prepare, read_npz
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sweep.data import images
+from sweep.data.images import NPZ_KEYS, Dataset, pipelines, prepare, read_npz
+
+if TYPE_CHECKING:
+    from sweep.config import DatasetConfig
+
+
+def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
+    """Load a dataset: images (sweep/data/images.py) or a CSV table (sweep/data/csv.py).
+
+    Raises ConfigError/SweepError before anything is recorded; `source` names the study file.
+    """
+    if cfg.name == "csv":
+        from sweep.data import csv
+
+        return csv.load(cfg, source)
+    return images.load(cfg, source)
+
 
 __all__ = ["NPZ_KEYS", "Dataset", "load", "pipelines", "prepare", "read_npz"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,10 +33,38 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     validation_split: float
+    # tabular data (sweep/data/csv.py): the class column, its value for each class index (what a
+    # prediction's argmax means), the feature columns in input order and the standardisation
+    # fitted on the training rows; None for image datasets, whose labels are the class indices
+    target: str | None = None
+    classes: tuple[Any, ...] | None = None
+    features: tuple[str, ...] | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def labels(self) -> str:
+        """What the classes are, for messages: `target column 'Type' (3 classes: high, low, medium)`."""
+        if self.classes is None:
+            return f"the labels of dataset {self.name!r} ({self.num_classes} classes)"
+        shown = ", ".join(map(str, self.classes[:10])) + (", ..." if len(self.classes) > 10 else "")
+        return f"target column {self.target!r} ({self.num_classes} classes: {shown})"
+
+    def params(self) -> dict[str, Any]:
+        """What a run records to read its model back: predict on `(x - feature_mean) / feature_std`
+        (float32, columns in `features` order); output index i is class `classes[i]`, a single
+        sigmoid output the probability of `classes[1]`. Empty for image datasets."""
+        if self.classes is None:
+            return {}
+        # the shortest decimal that reads back as the same float32: exact, and short enough
+        # for MLflow's param length limit
+        as_logged = lambda a: [float(str(v)) for v in np.asarray(a, np.float32)]  # noqa: E731
+        return {"target": self.target, "classes": list(self.classes), "features": list(self.features or ()),
+                "feature_mean": as_logged(self.mean), "feature_std": as_logged(self.std)}
 
     def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Train/validation arrays; like Keras' `validation_split`, validation is the last part."""

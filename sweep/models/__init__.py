@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from sweep.models import cnn
+from sweep.models import cnn, mlp
 from sweep.models.activations import resolve_params
 
 if TYPE_CHECKING:
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 # family name -> (builder(input_shape, num_classes, params, **shape) -> model, its activation layers)
 FAMILIES: dict[str, tuple[Callable[..., keras.Model], Callable[[dict[str, Any]], tuple[str, ...]]]] = {
-    "seed_cnn": (cnn.seed_cnn, lambda spec: cnn.LAYERS),
+    "seed_cnn": (cnn.seed_cnn, cnn.activation_layers),
+    "mlp": (mlp.mlp, mlp.activation_layers),
 }
 
 

@@ -17,6 +17,7 @@ from sweep.models import activation_layers, build_model
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.storage import mask
+from sweep.tracking.runs import objective_metrics
 from sweep.training import train
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from sweep.config import SpaceConfig, StudyConfig
     from sweep.data import Dataset
     from sweep.tracking.runs import Tracker, TrialRun
+    from sweep.training import Result
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,20 @@ _PER_RUN = (RUN_ID, MODEL_URI, FAIL_REASON, INTERRUPTED, EPOCH_METRICS, *FINAL_M
 
 def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Everything needed to rebuild and retrain a trial's model, as logged to MLflow."""
+    from sweep.models import custom
+
+    # a custom activation is named by its import path, whose code may change under that name:
+    # its file and the SHA-256 of its source say which code trained this model. Code that cannot
+    # be imported here fails the trial in build_model, with the reason.
+    about: dict[str, str] = {}
+    if custom.is_custom(params.get("activation")):
+        try:
+            about = custom.params(params["activation"])
+        except ValueError:
+            pass
     return {
         **params,
+        **about,
         "seed": seed,
         "model": cfg.model.name,
         **{f"model.{k}": v for k, v in cfg.model.spec().items() if k != "name"},
@@ -44,6 +58,7 @@ def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: in
         "dataset": cfg.dataset.name,
         "train_samples": len(data.x_train),
         "validation_split": cfg.dataset.validation_split,
+        **data.params(),  # a table's class mapping and scaling, to read predictions back
         **cfg.training.model_dump(),
     }
 
@@ -80,15 +95,16 @@ def make_objective(
     parent_run_id: str,
     space: SpaceConfig,
     extra_callbacks: Callable[[Dataset, dict[str, Any]], list[Any]] | None = None,
-) -> Callable[[optuna.trial.Trial], float]:
-    """Build the objective a worker calls for each trial. `extra_callbacks` adds Keras callbacks
-    per trial."""
+) -> Callable[[optuna.trial.Trial], float | tuple[float, ...]]:
+    """Build the objective a worker calls for each trial: it returns the value of
+    `search.metric`, or a tuple of values when it lists several. `extra_callbacks` adds Keras
+    callbacks per trial."""
     from sweep.runner.worker import worker_name
 
     has_val = cfg.dataset.validation_split > 0
     monitor = search.monitor(cfg.search, has_val)
 
-    def objective(trial: optuna.trial.Trial) -> float:
+    def objective(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
         import keras
         import optuna
         from optuna_integration import KerasPruningCallback
@@ -114,10 +130,11 @@ def make_objective(
             model = build_model(cfg.model.spec(), data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
                          *diagnostics.callbacks(cfg.diagnostics, data, activation_layers(cfg.model.spec())),
-                         _epoch_recorder(trial), run.epoch_logger(), KerasPruningCallback(trial, monitor)]
+                         _epoch_recorder(trial), run.epoch_logger()]
+            if monitor is not None:  # None: several metrics, which Optuna cannot prune
+                callbacks.append(KerasPruningCallback(trial, monitor))
             result = train(model, data, cfg.training, seed, callbacks)
-            metric = cfg.search.metric
-            value = result.test[metric] if metric.startswith("test_") else result.history[metric][-1]
+            values = tuple(_metric_value(m, result) for m in cfg.search.metrics)
             label = ", ".join(f"{k}={v}" for k, v in params.items())
             model_uri = run.log_result(result, model, label)
             if model_uri is not None:
@@ -148,7 +165,14 @@ def make_objective(
             raise TrialFailed(reason) from e
         if run.run_id is not None and trial.user_attrs.get(RUN_ID) != run.run_id:
             trial.set_user_attr(RUN_ID, run.run_id)  # created late, after a tracking outage
-        run.end("COMPLETE", value=value)
-        return value
+        run.end("COMPLETE", value=objective_metrics(values, cfg.search.metrics))
+        return values[0] if len(values) == 1 else values
 
     return objective
+
+
+def _metric_value(metric: str, result: Result) -> float:
+    if metric == "epoch_seconds":
+        assert result.mean_epoch_seconds is not None  # training.epochs >= 1
+        return result.mean_epoch_seconds  # the trial's mean, as recorded in `mean_epoch_seconds`
+    return result.test[metric] if metric.startswith("test_") else result.history[metric][-1]

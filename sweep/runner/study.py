@@ -57,9 +57,7 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
     try:
         study = optuna.load_study(study_name=cfg.study, storage=rdb)
     except KeyError:
-        study = optuna.create_study(
-            study_name=cfg.study, storage=rdb, direction=cfg.search.direction, load_if_exists=True
-        )
+        study = _create(cfg, rdb)
     old = study.user_attrs.get(CONFIG_ATTR)
     if old is None:
         study.set_user_attr(CONFIG_ATTR, new)
@@ -82,6 +80,25 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
             problems + ["resume with the stored config (sweep run STUDY_NAME), or give this file a new `study` name"],
         )
     return study, {f: (_lookup(old, f), _lookup(new, f)) for f in fields}
+
+
+def _create(cfg: StudyConfig, rdb: optuna.storages.BaseStorage) -> optuna.Study:
+    import warnings
+
+    import optuna
+
+    metrics = cfg.search.metrics
+    if len(metrics) == 1:
+        return optuna.create_study(study_name=cfg.study, storage=rdb, direction=cfg.search.direction,
+                                   load_if_exists=True)
+    study = optuna.create_study(study_name=cfg.study, storage=rdb, directions=cfg.search.directions,
+                                load_if_exists=True)
+    # named, Optuna's Pareto plot and trials_dataframe say `val_accuracy` rather than "Objective 0"
+    # (not for one metric: trials_dataframe would rename its `value` column)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metrics))
+    return study
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:
@@ -111,23 +128,27 @@ def _plan_key(t: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
     return t.user_attrs.get(obj.CONFIG_INDEX), t.user_attrs.get(obj.REPEAT)
 
 
-def _trial_line(metric: str) -> Any:
+def _trial_line(metrics: tuple[str, ...]) -> Any:
     started = time.monotonic()
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
-        if trial.value is not None:
-            outcome = f"{metric}={trial.value:.4f}"
+        if trial.values is not None:
+            outcome = " ".join(f"{m}={v:.4f}" for m, v in zip(metrics, trial.values))
         elif trial.user_attrs.get(obj.FAIL_REASON):
             outcome = f"reason: {trial.user_attrs[obj.FAIL_REASON]}"
         else:
             last = trial.last_step
             outcome = f"at epoch {last}" if last is not None else ""
         secs = trial.duration.total_seconds() if trial.duration else 0.0
-        try:
-            best = f"best: trial {study.best_trial.number} {study.best_value:.4f}"
-        except ValueError:
-            best = "best: none yet"
+        if len(metrics) > 1:  # no single best trial: Optuna's Pareto front (best_trial raises)
+            front = sorted(t.number for t in study.best_trials)
+            best = f"Pareto front: trial(s) {', '.join(map(str, front))}" if front else "Pareto front: none yet"
+        else:
+            try:
+                best = f"best: trial {study.best_trial.number} {study.best_value:.4f}"
+            except ValueError:
+                best = "best: none yet"
         log.info("trial %d %s %s [%s] %.1fs | %s | elapsed %.0fs", trial.number, trial.state.name,
                  outcome, params, secs, best, time.monotonic() - started)
 
@@ -227,6 +248,7 @@ def run(
     workers = settings(config).workers
     cfg = _config_for(study, stores)
     data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
+    cfg.model.check_output(data.num_classes, data.labels, cfg.source)  # an output that cannot fit the target
     p = prepare(cfg, stores, workers)
     try:
         _work(p, data, n_trials, extra_callbacks, join)
@@ -260,7 +282,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     with worker.stop_on_signals():
         worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                     heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                    callbacks=[_trial_line(cfg.search.metric)])
+                    callbacks=[_trial_line(cfg.search.metrics)])
 
 
 def _config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 from sweep.errors import TrialFailed
 from sweep.storage import study_lock
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
+# what an objective returns: one value, or one per metric of a study of several
+Values = Union[float, Sequence[float]]
 
 
 def worker_name() -> str:
@@ -121,10 +123,11 @@ def fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: float | None) -> None:
+def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: Values | None) -> None:
     import optuna
 
     try:
+        # a study of several metrics is told a sequence of values (Optuna's `values`), in order
         study.tell(trial, value, state=state, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         # another worker declared it stale during a database outage and queued it again
@@ -132,7 +135,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: float | N
                     "its retry stands", trial.number)
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Values],
              heartbeat: Any) -> None:
     import optuna
     from optuna.trial import TrialState
@@ -162,7 +165,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
 
 def work(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], Values],
     cfg: StudyConfig,
     *,
     explicit_plan: bool,

@@ -20,7 +20,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError
 from sweep.storage import mask, tracking_artifact_location
@@ -58,6 +58,14 @@ def _param_value(v: Any) -> str:
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def objective_metrics(values: Sequence[float], metrics: Sequence[str]) -> dict[str, float]:
+    """A trial's objective value(s) as MLflow metrics: `objective_value`, or for a study of several
+    metrics `objective_value/<metric>` each (Optuna's `trial.values`, in `search.metric` order)."""
+    if len(values) == 1:
+        return {"objective_value": float(values[0])}
+    return {f"objective_value/{m}": float(v) for m, v in zip(metrics, values, strict=True)}
 
 
 def _filter_value(s: str) -> str:
@@ -421,13 +429,15 @@ class TrialRun:
         self._log_metrics(_numeric(metrics), step, f"{artifact_dir} metrics")
         self._log_files(list(files), artifact_dir)
 
-    def end(self, state: str, reason: str | None = None, value: float | None = None) -> None:
-        """Tag the Optuna state (and reason) and terminate with the matching MLflow status."""
+    def end(self, state: str, reason: str | None = None, value: float | Mapping[str, float] | None = None) -> None:
+        """Tag the Optuna state (and reason) and terminate with the matching MLflow status.
+        `value`: the objective value, or `objective_metrics(...)` for several."""
         try:
             from mlflow.entities import Metric
 
             tags, end_ms = _end_tags(state, reason), _now_ms()
-            metrics = [Metric("objective_value", float(value), end_ms, 0)] if value is not None else []
+            values = {} if value is None else value if isinstance(value, Mapping) else {"objective_value": value}
+            metrics = [Metric(k, float(v), end_ms, 0) for k, v in values.items()]
             status = RUN_STATUS[state]
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow: cannot close the run of trial %d as %s: %s", self.trial_number, state, e)

@@ -20,7 +20,7 @@ from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve
 from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
-                                 run_name)
+                                 objective_metrics, run_name)
 
 if TYPE_CHECKING:
     import optuna
@@ -93,6 +93,7 @@ class _Replica:
         from optuna.trial import TrialState
 
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        self.metrics = stored_config(study).search.metrics  # what trial.values hold, in order
         todo = []
         for t in study.get_trials(deepcopy=False):
             if only is not None and t.number not in only:
@@ -194,8 +195,8 @@ class _Replica:
         # final metrics: the last epoch's step, as the objective logs them; objective_value at 0
         end = _ms(t.datetime_complete) or start
         finals = [(k, attrs[k], len(epochs)) for k in FINAL_METRICS if _is_number(attrs.get(k))]
-        if t.state.name == "COMPLETE" and t.value is not None:
-            finals.append(("objective_value", t.value, 0))
+        if t.state.name == "COMPLETE" and t.values is not None:  # t.value raises for several metrics
+            finals += [(k, v, 0) for k, v in objective_metrics(t.values, self.metrics).items()]
         for k, v, step in finals:
             if k not in data.metrics or not _same(data.metrics[k], float(v)):
                 metrics.append(Metric(k, float(v), end, step))
