@@ -53,6 +53,21 @@ CSV_FIELDS: dict[str, Any] = {"target": None, "drop": [], "test_split": 0.2, "se
 MLP_FIELDS: dict[str, Any] = {"hidden": list(HIDDEN), "output": "auto", "output_units": None}
 
 
+def _with_defaults(data: Any, name: str, fields: dict[str, Any]) -> Any:
+    """`data` (raw input) with the defaults of the fields only `name` takes, when it names `name`."""
+    if isinstance(data, dict) and data.get("name") == name:
+        return {**{k: v for k, v in fields.items() if v is not None}, **data}
+    return data
+
+
+def _only_for(v: Any, info: ValidationInfo, name: str, what: str) -> Any:
+    """Refuse a field given to another `name` than the one it belongs to (`what`: dataset, model)."""
+    given = info.data.get("name")
+    if v is not None and given is not None and given != name:
+        raise ValueError(f"applies to {what} {name!r} only, not {given!r}; remove it")
+    return v
+
+
 class DatasetConfig(Strict):
     name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz", "csv"]
     path: Path | None = None
@@ -69,9 +84,7 @@ class DatasetConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _csv_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("name") == "csv":
-            return {**{k: v for k, v in CSV_FIELDS.items() if v is not None}, **data}
-        return data
+        return _with_defaults(data, "csv", CSV_FIELDS)
 
     @field_validator("path")
     @classmethod
@@ -91,10 +104,7 @@ class DatasetConfig(Strict):
     @field_validator(*CSV_FIELDS)
     @classmethod
     def _csv_only(cls, v: Any, info: ValidationInfo) -> Any:
-        name = info.data.get("name")
-        if v is not None and name is not None and name != "csv":
-            raise ValueError(f"applies to dataset 'csv' only, not {name!r}; remove it")
-        return v
+        return _only_for(v, info, "csv", "dataset")
 
     @model_validator(mode="after")
     def _npz_needs_path(self) -> DatasetConfig:
@@ -446,17 +456,12 @@ class ModelConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _mlp_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("name") == "mlp":
-            return {**{k: v for k, v in MLP_FIELDS.items() if v is not None}, **data}
-        return data
+        return _with_defaults(data, "mlp", MLP_FIELDS)
 
     @field_validator(*MLP_FIELDS)
     @classmethod
     def _mlp_only(cls, v: Any, info: ValidationInfo) -> Any:
-        name = info.data.get("name")
-        if v is not None and name is not None and name != "mlp":
-            raise ValueError(f"applies to model 'mlp' only, not {name!r}; remove it")
-        return v
+        return _only_for(v, info, "mlp", "model")
 
     @model_serializer(mode="wrap")
     def _only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

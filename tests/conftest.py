@@ -3,9 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import skip_or_fail_without_postgres, postgres_database
+from helpers import postgres_database, skip_or_fail_without_postgres, write_tiny_npz
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,20 +45,7 @@ def mnist_path() -> Path:
 @pytest.fixture
 def tiny_npz(tmp_path: Path) -> Path:
     """A few hundred synthetic 28x28 images whose class is readable from a bright band."""
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-        for i, c in enumerate(y):
-            x[i, 2 * c + 4 : 2 * c + 6, :] = 255
-        return x, y
-
-    xtr, ytr = make(300)
-    xte, yte = make(100)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    return path
+    return write_tiny_npz(tmp_path / "tiny.npz")
 
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

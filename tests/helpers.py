@@ -109,15 +109,16 @@ def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 18
     raise AssertionError(f"no /health within {timeout}s:\n{log.read_text()}")
 
 
-def write_tiny_npz(path: Path, seed: int = 0, n_train: int = 300, n_test: int = 100) -> Path:
-    """The `tiny_npz` images (class readable from a bright band) for fixtures wider than one test."""
+def write_tiny_npz(path: Path, seed: int = 0, n_train: int = 300, n_test: int = 100, noise: int = 40) -> Path:
+    """The `tiny_npz` images: the class is readable from a bright band, over pixel noise below
+    `noise` (more noise: accuracy differs more between trials)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        x = rng.integers(0, noise, (n, 28, 28)).astype(np.uint8)
         for i, c in enumerate(y):
             x[i, 2 * c + 4 : 2 * c + 6, :] = 255
         return x, y

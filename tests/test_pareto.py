@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pytest
-from helpers import study_dict, write_study
+from helpers import study_dict, write_study, write_tiny_npz
 from mlflow import MlflowClient
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -103,18 +102,7 @@ def test_cli_refuses_a_pruner_with_two_metrics(tmp_path: Path, tiny_npz: Path) -
 
 def _noisy_npz(path: Path) -> Path:
     """Synthetic digits with enough pixel noise that accuracy differs between trials."""
-    rng = np.random.default_rng(1)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 150, (n, 28, 28)).astype(np.uint8)
-        for i, c in enumerate(y):
-            x[i, 2 * c + 4 : 2 * c + 6, :] = 255
-        return x, y
-
-    (xtr, ytr), (xte, yte) = make(300), make(100)
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    return path
+    return write_tiny_npz(path, seed=1, noise=150)
 
 
 def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
