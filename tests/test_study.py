@@ -79,6 +79,14 @@ def test_mlflow_holds_parent_and_child_runs(mnist_sweep: dict[str, Any]) -> None
     study = mnist_sweep["study"]
     assert study.user_attrs[PARENT_ATTR] == parent.info.run_id
     assert parent.data.params["training.epochs"] == "2"
+    # the finished study's summary is on its parent run, which is FINISHED
+    assert parent.info.status == "FINISHED" and parent.info.end_time
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    assert (parent.data.metrics["trials_complete"], parent.data.metrics["trials_fail"]) == (3, 0)
+    assert parent.data.tags["sweep.best.trial"] == str(study.best_trial.number)
+    assert parent.data.tags["sweep.best.activation"] == study.best_trial.params["activation"]
+    # MLflow 3's UI opens a model-training experiment on its runs, not the GenAI overview
+    assert client.get_experiment_by_name("mnist-families").tags["mlflow.experimentKind"] == "custom_model_development"
     assert "study_config.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert len(children) == 3
     for trial, run in zip(study.get_trials(), children):
@@ -260,12 +268,15 @@ def test_resume_continues_with_same_parent_run(tmp_path: Path, tiny_npz: Path, o
     first = _run(tmp_path, d, optuna_url, tracking_uri, n_trials=1)
     assert len(first.get_trials(states=(TrialState.COMPLETE,))) == 1
     parent = first.user_attrs[PARENT_ATTR]
+    run = MlflowClient(tracking_uri).get_run(parent)  # two trials to go: not finished
+    assert run.info.status == "RUNNING" and run.data.metrics["trials_complete"] == 1
     again = _run(tmp_path, d, optuna_url, tracking_uri)
     assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE] * 3
     assert [t.params["activation"] for t in again.get_trials()] == ["relu", "leaky_relu", "prelu"]
     assert again.user_attrs[PARENT_ATTR] == parent
     p, runs = _children(MlflowClient(tracking_uri), "tiny")
     assert p.info.run_id == parent and len(runs) == 3
+    assert p.info.status == "FINISHED" and p.data.metrics["trials_complete"] == 3
     # complete: a third call runs nothing
     assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 3
 

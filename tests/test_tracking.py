@@ -325,3 +325,14 @@ def test_what_was_given_up_is_replayed_when_mlflow_answers_again(tmp_path: Path,
     assert tracker.flush(120)  # drained: trial 0 was replayed from Optuna
     study = optuna.load_study(study_name="replayed", storage=storage)
     _assert_complete(MlflowClient(tracking), study)
+
+
+def test_experiment_opens_as_model_training_in_the_mlflow_ui(tmp_path: Path) -> None:
+    """MLflow 3's UI shows an experiment without a kind as GenAI (traces); new and older
+    experiments get the model-training kind."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("older")  # as sweep made them before
+    for name in ("older", "fresh"):
+        Tracker(uri, name)
+        assert client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") == "custom_model_development"

@@ -252,12 +252,43 @@ def run(
     p = prepare(cfg, stores, workers)
     try:
         _work(p, data, n_trials, extra_callbacks, join)
+        p.tracker.flush(timeout=30)
+        _summarize(p)  # not on Ctrl-C or an outage: the study is not done, and the run stays RUNNING
     finally:
         p.tracker.flush(timeout=30)
         # give the pooled connections back (the study still works: it reconnects on demand);
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()
     return p.study
+
+
+def _summarize(p: Prepared) -> None:
+    """The study so far on its MLflow parent run: trials by state, the best value and params (or
+    the Pareto front's size), FINISHED when nothing is left to run. Every worker writes it as it
+    stops; the last one sees the study complete."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    trials = p.study.get_trials(deepcopy=False)
+    search_cfg = p.cfg.search
+    pending = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    complete = not pending and (p.configs is not None or worker.budget_used(trials) >= (search_cfg.n_trials or 0))
+    metrics: dict[str, float] = {f"trials_{s.name.lower()}": 0 for s in
+                                 (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    metrics.update({f"trials_{s.lower()}": n for s, n in Counter(t.state.name for t in trials).items()})
+    tags: dict[str, str] = {}
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        if len(search_cfg.metrics) == 1:
+            best = p.study.best_trial
+            metrics[f"best_{search_cfg.metric}"] = float(best.value)
+            tags = {"sweep.best.trial": str(best.number),
+                    **{f"sweep.best.{k}": str(v) for k, v in best.params.items()}}
+        else:
+            front = sorted(t.number for t in p.study.best_trials)
+            metrics["pareto_size"] = len(front)
+            tags = {"sweep.pareto.trials": ",".join(map(str, front))}
+    p.tracker.summarize_parent(p.parent, metrics, tags, finished=complete)
 
 
 def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callbacks: Any, join: bool) -> None:
@@ -267,6 +298,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     if p.todo <= 0 or n_trials == 0:
         log.info("study %s is complete (%d trials); nothing to run", cfg.study, len(p.study.trials))
         return
+    p.tracker.summarize_parent(p.parent, {}, {}, finished=False)  # a resumed study runs again
     p.study.sampler = search.make_sampler(cfg.search, offset=len(p.study.trials),
                                           worker=worker.worker_name() if join else None)
     p.study.pruner = search.make_pruner(cfg.search)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "sweep.role"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); this one
+# marks it as model training, so it lands on the runs (the UI's "custom_model_development" kind)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 # How long the training thread waits for MLflow while it answers; never while it is unreachable
@@ -122,8 +125,11 @@ class Tracker:
                 return self.client.create_experiment(
                     self.study_name,
                     artifact_location=tracking_artifact_location(self.uri, self.study_name),
-                    tags={"optuna.study_name": self.study_name},
+                    tags={"optuna.study_name": self.study_name, **EXPERIMENT_KIND},
                 )
+            if exp.lifecycle_stage != "deleted" and not EXPERIMENT_KIND.items() <= exp.tags.items():
+                # an experiment made before sweep set its kind
+                self.client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         except Exception as e:  # mlflow raises MlflowException, requests and SQLAlchemy errors
             raise self._fail("opening the experiment", e) from None
         if exp.lifecycle_stage == "deleted":
@@ -178,6 +184,25 @@ class Tracker:
             self.client.log_text(run_id, json.dumps(config, indent=2), "study_config.json")
         except Exception as e:  # noqa: BLE001
             raise self._fail("updating the study's parent run", e) from None
+
+    def summarize_parent(self, run_id: str, metrics: dict[str, float], tags: dict[str, str], finished: bool) -> None:
+        """The study's summary on its parent run (so the collapsed experiment's charts and the run
+        page show the study, not an empty RUNNING run): FINISHED once the study is complete,
+        RUNNING again while a resumed study has trials to go. Trouble is a warning: every trial
+        is already recorded, and the next run of the study writes the summary again."""
+        from mlflow.entities import Metric, RunTag
+
+        now = _now_ms()
+        try:
+            if metrics or tags:
+                self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                                      tags=[RunTag(k, v) for k, v in tags.items()])
+            if finished:
+                self.client.set_terminated(run_id, "FINISHED", end_time=now)
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+        except Exception as e:  # noqa: BLE001 - MlflowException, requests and SQLAlchemy errors
+            log.warning("%s", self._fail("writing the study's summary on its parent run", e))
 
     def find_child(self, trial_number: int) -> Run | None:
         """The active child run of a trial, by its tags (earliest first), if any."""
