@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import sweep
+from sweep.models.activations import resolve_params
 from sweep.runner import objective as obj
 from sweep.errors import ConfigError
 from sweep.runner.study import PARENT_ATTR
@@ -225,6 +226,14 @@ def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz
         if "leaky_alpha" in t.params:
             assert 0.01 <= t.params["leaky_alpha"] <= 0.5
     assert len({t.params["activation"] for t in trials}) >= 2
+    # run names read as people write them (4 significant digits); params keep the exact value
+    _, runs = _children(MlflowClient(tracking_uri), "tiny")
+    for t, r in zip(trials, runs):
+        assert r.info.run_name == "trial-{}-{}".format(t.number, "-".join(
+            f"{v:.4g}" if isinstance(v, float) else str(v) for v in resolve_params(t.params).values()))
+        if "leaky_alpha" in t.params:
+            assert float(r.data.params["leaky_alpha"]) == t.params["leaky_alpha"]
+            assert len(r.info.run_name.rsplit("-", 1)[1].replace(".", "").lstrip("0")) <= 4
 
 
 def test_deterministic_pruner_prunes_and_sweep_goes_on(tmp_path: Path, tiny_npz: Path, optuna_url: str,

@@ -17,7 +17,7 @@ from sweep.models import activation_layers, build_model
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.storage import mask
-from sweep.tracking.runs import objective_metrics
+from sweep.tracking.runs import objective_metrics, run_label, short
 from sweep.training import train
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def make_objective(
         logged = run_params(cfg, data, params, seed)
         trial.set_user_attr(MLFLOW_PARAMS, logged)
         run = tracker.start_trial(parent_run_id, trial.number, logged,
-                                  label="-".join(str(v) for v in params.values()))
+                                  label=run_label(params))
         if run.run_id is not None:
             trial.set_user_attr(RUN_ID, run.run_id)
         try:
@@ -135,7 +135,7 @@ def make_objective(
                 callbacks.append(KerasPruningCallback(trial, monitor))
             result = train(model, data, cfg.training, seed, callbacks)
             values = tuple(_metric_value(m, result) for m in cfg.search.metrics)
-            label = ", ".join(f"{k}={v}" for k, v in params.items())
+            label = ", ".join(f"{k}={short(v)}" for k, v in params.items())
             model_uri = run.log_result(result, model, label)
             if model_uri is not None:
                 trial.set_user_attr(MODEL_URI, model_uri)

@@ -84,6 +84,17 @@ def child_tags(parent_id: str, study: str, trial_number: int) -> dict[str, str]:
             "optuna.trial_number": str(trial_number)}
 
 
+def short(value: Any) -> str:
+    """A param as people read it in run names and plot titles: floats to 4 significant digits
+    (`0.06082`, not `0.060819044671794366`); the exact value stays in the run's params."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_label(params: dict[str, Any]) -> str:
+    """`leaky_relu-0.06082`: the part of a trial's run name after `trial-N-`."""
+    return "-".join(short(v) for v in params.values())
+
+
 def run_name(trial_number: int, label: str) -> str:
     return f"trial-{trial_number}-{label}"[:250]
 

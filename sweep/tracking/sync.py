@@ -20,7 +20,7 @@ from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve
 from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
-                                 objective_metrics, run_name)
+                                 objective_metrics, run_label, run_name)
 
 if TYPE_CHECKING:
     import optuna
@@ -76,7 +76,7 @@ def _label(params: dict[str, Any]) -> str:
         params = resolve_params(dict(params))  # as the objective names runs
     except (KeyError, ValueError):
         pass
-    return "-".join(str(v) for v in params.values())
+    return run_label(params)
 
 
 class _Replica:
