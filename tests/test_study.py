@@ -125,6 +125,18 @@ def test_logged_model_loads_back_and_predicts(mnist_sweep: dict[str, Any], mnist
         assert acc == pytest.approx(logged, abs=1e-6)
 
 
+def test_logged_model_shows_the_final_metrics(mnist_sweep: dict[str, Any]) -> None:
+    """MLflow links the run's metrics at one step to a logged model; at step 0 its page showed the
+    first epoch's accuracy and no test accuracy."""
+    client = MlflowClient(mnist_sweep["tracking"])
+    for trial in mnist_sweep["study"].get_trials():
+        model_id = trial.user_attrs[obj.MODEL_URI].removeprefix("models:/")
+        linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
+        assert linked["val_accuracy"].value == pytest.approx(trial.value)  # the last epoch's (2 epochs)
+        assert linked["val_accuracy"].step == 1
+        assert linked["test_accuracy"].value == pytest.approx(trial.user_attrs["test_accuracy"])
+
+
 def test_best_config_agrees_with_optuna_and_rebuilds(mnist_sweep: dict[str, Any]) -> None:
     study = mnist_sweep["study"]
     cfg = sweep.best_config("mnist-families", storage=mnist_sweep["storage"],

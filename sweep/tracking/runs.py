@@ -407,7 +407,9 @@ class TrialRun:
         """Final test metrics, the tutorials' curve PNGs and the model (Keras flavor).
 
         Returns the model URI, or None when MLflow could not take the model now."""
-        epochs = max((len(v) for v in result.history.values()), default=0)
+        # at the last epoch's step, where the model is linked (below): its MLflow page then shows
+        # the final epoch's metrics and the test metrics, not the first epoch's
+        last = max(max((len(v) for v in result.history.values()), default=0) - 1, 0)
         metrics = dict(result.test)
         if result.mean_epoch_seconds is not None:
             metrics["mean_epoch_seconds"] = result.mean_epoch_seconds
@@ -415,7 +417,7 @@ class TrialRun:
             from sweep.plots import training_curves
 
             with tempfile.TemporaryDirectory() as tmp:
-                self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=epochs)
+                self.log_extra(metrics, training_curves(result.history, label, Path(tmp)), "plots", step=last)
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow: cannot log the results of trial %d: %s", self.trial_number, e)
         try:
@@ -423,7 +425,7 @@ class TrialRun:
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow: cannot save the model of trial %d: %s", self.trial_number, e)
             return None
-        return self._upload_model(saved)
+        return self._upload_model(saved, last)
 
     def _save_model(self, model: keras.Model) -> Path:
         import keras
@@ -437,7 +439,7 @@ class TrialRun:
                                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
         return path
 
-    def _upload_model(self, saved: Path) -> str | None:
+    def _upload_model(self, saved: Path, step: int) -> str | None:
         from mlflow.models import Model
 
         logged: dict[str, str] = {}
@@ -448,8 +450,9 @@ class TrialRun:
             if "id" not in logged:
                 logged["id"] = self.client.create_logged_model(
                     self.tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
+            # `step`: MLflow links the run's metrics at this step to the model (default 0: epoch 1's)
             info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
-                             model_id=logged["id"])
+                             model_id=logged["id"], step=step)
             self.client.set_tag(rid, "sweep.model_uri", info.model_uri)
             logged["uri"] = info.model_uri
             shutil.rmtree(saved.parent, ignore_errors=True)

@@ -194,7 +194,7 @@ class _Replica:
 
         # final metrics: the last epoch's step, as the objective logs them; objective_value at 0
         end = _ms(t.datetime_complete) or start
-        finals = [(k, attrs[k], len(epochs)) for k in FINAL_METRICS if _is_number(attrs.get(k))]
+        finals = [(k, attrs[k], max(len(epochs) - 1, 0)) for k in FINAL_METRICS if _is_number(attrs.get(k))]
         if t.state.name == "COMPLETE" and t.values is not None:  # t.value raises for several metrics
             finals += [(k, v, 0) for k, v in objective_metrics(t.values, self.metrics).items()]
         for k, v, step in finals:
