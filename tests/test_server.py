@@ -315,7 +315,11 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
         wait_health(url, proc, log)
         tree = process_tree(proc.pid)
         assert any("mlflow server --host" in c for c in tree.values()), tree
-        # its log is where the start-up line says, not loose in the working directory
+        # its log is where the start-up line says, not loose in the working directory; the line
+        # comes once `sweep server` itself has seen /health answer, a moment after this test did
+        deadline = time.monotonic() + 30
+        while "MLflow UI and tracking server at" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert f"log sweep-logs/mlflow-server-{port}.log" in log.read_text()
         assert (tmp_path / "sweep-logs" / f"mlflow-server-{port}.log").is_file()
         assert not list(tmp_path.glob("mlflow-server-*.log"))
