@@ -126,13 +126,14 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
     activation = t.params.get("activation")
     if custom.is_custom(activation):
         custom.register(activation)
+    tracking = resolve(storage, tracking_uri).tracking
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(resolve(storage, tracking_uri).tracking)
+    mlflow.set_tracking_uri(tracking)
     try:
         return mlflow.keras.load_model(uri)
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
         raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
-                         f"{mask(resolve(storage, tracking_uri).tracking)} failed: {mask(str(e).splitlines()[0]).rstrip('.')}. "
+                         f"{mask(tracking)} failed: {mask(str(e).splitlines()[0]).rstrip('.')}. "
                          "Pass the tracking_uri the study was run with.") from None
     finally:
         mlflow.set_tracking_uri(before)

@@ -103,6 +103,8 @@ def make_objective(
 
     has_val = cfg.dataset.validation_split > 0
     monitor = search.monitor(cfg.search, has_val)
+    spec = cfg.model.spec()
+    layers = activation_layers(spec)
 
     def objective(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
         import keras
@@ -127,9 +129,9 @@ def make_objective(
         try:
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
-            model = build_model(cfg.model.spec(), data.input_shape, data.num_classes, **params)
+            model = build_model(spec, data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
-                         *diagnostics.callbacks(cfg.diagnostics, data, activation_layers(cfg.model.spec())),
+                         *diagnostics.callbacks(cfg.diagnostics, data, layers),
                          _epoch_recorder(trial), run.epoch_logger()]
             if monitor is not None:  # None: several metrics, which Optuna cannot prune
                 callbacks.append(KerasPruningCallback(trial, monitor))
@@ -141,7 +143,7 @@ def make_objective(
                 trial.set_user_attr(MODEL_URI, model_uri)
             if cfg.diagnostics.prelu_alphas:
                 with tempfile.TemporaryDirectory() as tmp:
-                    alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), activation_layers(cfg.model.spec()))
+                    alphas, files = diagnostics.prelu_artifacts(model, label, Path(tmp), layers)
                     run.log_extra(alphas, files, "diagnostics", step=len(result.epoch_seconds))
             for k, v in result.test.items():
                 trial.set_user_attr(k, v)

@@ -250,12 +250,14 @@ def run(
     data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
     cfg.model.check_output(data.num_classes, data.labels, cfg.source)  # an output that cannot fit the target
     p = prepare(cfg, stores, workers)
+    worked = False
     try:
         _work(p, data, n_trials, extra_callbacks, join)
-        p.tracker.flush(timeout=30)
-        _summarize(p)  # not on Ctrl-C or an outage: the study is not done, and the run stays RUNNING
+        worked = True
     finally:
         p.tracker.flush(timeout=30)
+        if worked:  # not on Ctrl-C or an outage: the study is not done, and the run stays RUNNING
+            _summarize(p)
         # give the pooled connections back (the study still works: it reconnects on demand);
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()

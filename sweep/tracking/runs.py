@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "sweep.role"
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); this one
 # marks it as model training, so it lands on the runs (the UI's "custom_model_development" kind)
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 # How long the training thread waits for MLflow while it answers; never while it is unreachable
@@ -136,11 +136,11 @@ class Tracker:
                 return self.client.create_experiment(
                     self.study_name,
                     artifact_location=tracking_artifact_location(self.uri, self.study_name),
-                    tags={"optuna.study_name": self.study_name, **EXPERIMENT_KIND},
+                    tags={"optuna.study_name": self.study_name, KIND_TAG: KIND},
                 )
-            if exp.lifecycle_stage != "deleted" and not EXPERIMENT_KIND.items() <= exp.tags.items():
+            if exp.lifecycle_stage != "deleted" and exp.tags.get(KIND_TAG) != KIND:
                 # an experiment made before sweep set its kind
-                self.client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+                self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         except Exception as e:  # mlflow raises MlflowException, requests and SQLAlchemy errors
             raise self._fail("opening the experiment", e) from None
         if exp.lifecycle_stage == "deleted":
