@@ -64,3 +64,32 @@ def test_failed_download_names_the_two_ways_out(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "MSG could not download the 'fashion_mnist' dataset" in r.stdout, r.stdout + r.stderr[-2000:]
     assert "dataset.path" in r.stdout and "'digits'" in r.stdout
+
+
+def test_a_dataset_knows_where_it_came_from(tmp_path: Path, tiny_npz: Path) -> None:
+    npz = load(DatasetConfig(name="npz", path=tiny_npz))
+    assert (npz.title, npz.origin) == ("tiny", str(tiny_npz.resolve()))
+    named = load(DatasetConfig(name="mnist", path=tiny_npz))
+    assert (named.title, named.origin) == ("mnist", str(tiny_npz.resolve()))  # the study's name for it
+    digits = load(DatasetConfig(name="digits"))
+    assert digits.title == "digits" and Path(digits.origin).name == "digits.csv.gz" and Path(digits.origin).is_file()
+    table = tmp_path / "wine.csv"
+    table.write_text("a,b,kind\n" + "".join(f"{i},{i % 3},{'xy'[i % 2]}\n" for i in range(20)))
+    wine = load(DatasetConfig(name="csv", path=table, target="kind"))
+    assert (wine.title, wine.origin) == ("wine", str(table.resolve()))
+
+
+def test_parts_and_their_digest(tiny_npz: Path) -> None:
+    from sweep.data.images import digest
+
+    d = load(DatasetConfig(name="npz", path=tiny_npz, validation_split=0.2))
+    parts = d.parts()
+    assert list(parts) == ["training", "validation", "test"]
+    assert [len(x) for x, _ in parts.values()] == [240, 60, 100]
+    x, y = parts["training"]
+    assert digest(x, y) == digest(x.copy(), y.copy()) and len(digest(x, y)) == 8  # the data, not the object
+    changed = x.copy()
+    changed[-1, -1, -1, 0] += 1  # one value of the last image: hashed too, not only a sample
+    assert digest(changed, y) != digest(x, y)
+    assert digest(x, y) != digest(x.astype(np.float64), y)
+    assert list(load(DatasetConfig(name="npz", path=tiny_npz, validation_split=0.0)).parts()) == ["training", "test"]

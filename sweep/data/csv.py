@@ -158,4 +158,4 @@ def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
              path.name, len(xtr), len(xte), len(features), len(classes), target)
     return Dataset("csv", scale(xtr), ytr, scale(xte), yte, len(classes), cfg.validation_split,
                    target=target, classes=tuple(classes.tolist()), features=tuple(features),
-                   mean=mean, std=std)
+                   mean=mean, std=std, origin=str(path))

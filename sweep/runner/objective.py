@@ -105,6 +105,7 @@ def make_objective(
     monitor = search.monitor(cfg.search, has_val)
     spec = cfg.model.spec()
     layers = activation_layers(spec)
+    datasets = tracker.datasets(data)  # MLflow dataset inputs: every array hashed once, not per trial
 
     def objective(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
         import keras
@@ -122,8 +123,7 @@ def make_objective(
         trial.set_user_attr("num_classes", data.num_classes)
         logged = run_params(cfg, data, params, seed)
         trial.set_user_attr(MLFLOW_PARAMS, logged)
-        run = tracker.start_trial(parent_run_id, trial.number, logged,
-                                  label=run_label(params))
+        run = tracker.start_trial(parent_run_id, trial.number, logged, label=run_label(params), datasets=datasets)
         if run.run_id is not None:
             trial.set_user_attr(RUN_ID, run.run_id)
         try:

@@ -29,8 +29,10 @@ from sweep.tracking.sender import NoRun, Sender
 if TYPE_CHECKING:
     import keras
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.entities import DatasetInput, Run
 
+    from sweep.data import Dataset
     from sweep.training import Result
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,41 @@ def run_label(params: dict[str, Any]) -> str:
     return "-".join(short(v) for v in params.values())
 
 
-def run_name(trial_number: int, label: str) -> str:
-    return f"trial-{trial_number}-{label}"[:250]
+def _dataset_source(origin: str | None) -> DatasetSource:
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if origin is None:  # arrays handed to sweep.run(dataset=...): the code that made them
+        return CodeDatasetSource(tags={})
+    if origin.startswith(("http://", "https://")):
+        return HTTPDatasetSource(origin)
+    # MLflow registers its local file source twice (paths and file:// URIs), so resolving a path
+    # by its string warns that it is ambiguous; by its type it is the one source
+    return get_dataset_source_from_json(json.dumps({"uri": origin}), "local")
+
+
+def dataset_inputs(data: Dataset) -> list[DatasetInput]:
+    """The parts a trial trains, validates and tests on as MLflow dataset inputs (the runs
+    table's Dataset column): the dataset's name, its file (or URL) as a source, a digest of all
+    the part's arrays, its sizes as a profile, the part as the context. Hashes every array: call
+    it once per dataset, not per trial."""
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import Dataset as DatasetEntity
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from sweep.data.images import digest
+
+    source = _dataset_source(data.origin)
+    out = []
+    for context, (x, y) in data.parts().items():
+        # MLflow's numpy dataset gives the schema and the array sizes; the digest is ours (above)
+        entity = from_numpy(x, source=source, targets=y, name=data.title, digest=digest(x, y))._to_mlflow_entity()
+        profile = json.dumps({"num_rows": len(x), "num_classes": data.num_classes, **json.loads(entity.profile)})
+        entity = DatasetEntity(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
+        out.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return out
 
 
 class Tracker:
@@ -122,6 +157,7 @@ class Tracker:
         self.experiment_id = self._experiment()
         self.sender = Sender(study_name, on_drained=self._replay if storage else None)
         self._staging: Path | None = None
+        self._datasets: list[DatasetInput] | None = None  # for the replay, as the trials logged them
 
     def _fail(self, what: str, e: Exception) -> ServiceError:
         return ServiceError(
@@ -226,8 +262,20 @@ class Tracker:
         )
         return found[0] if found else None
 
-    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str) -> TrialRun:
-        """A child run named `trial-N-<label>` with every param, created in the background.
+    def datasets(self, data: Dataset) -> list[DatasetInput]:
+        """`dataset_inputs(data)`, for `start_trial`: computed once per objective, not per trial.
+        Empty (with a warning) if they cannot be made: a trial does not need them."""
+        try:
+            self._datasets = dataset_inputs(data)
+        except Exception as e:  # noqa: BLE001 - tracking trouble never fails a sweep
+            log.warning("MLflow: cannot describe dataset %r for the runs' Dataset column: %s", data.title, e)
+            self._datasets = []
+        return self._datasets
+
+    def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str,
+                    datasets: Sequence[DatasetInput] = ()) -> TrialRun:
+        """A child run named `trial-N-<label>` with every param and `datasets` (from
+        `Tracker.datasets`) as its inputs, created in the background.
 
         Returns at once while MLflow is unreachable; `TrialRun.run_id` is None until it exists.
         """
@@ -249,6 +297,8 @@ class Tracker:
                                                                tags=tags)).info.run_id
             for chunk in _chunks(param_list, 100):
                 self.client.log_batch(run.run_id, params=chunk)
+            if datasets:  # MLflow keeps one input per dataset and run: a retry adds nothing
+                self.client.log_inputs(run.run_id, datasets=list(datasets))
 
         op = self.sender.submit(create, f"starting the run of trial {trial_number}", trial_number)
         self.sender.wait(op, START_WAIT)
@@ -288,7 +338,8 @@ class Tracker:
         from sweep.tracking.sync import sync
 
         assert self.storage is not None  # only registered with a storage
-        counts = sync(self.study_name, storage=self.storage, tracking_uri=self.uri, trials=trials)
+        counts = sync(self.study_name, storage=self.storage, tracking_uri=self.uri, trials=trials,
+                      datasets=self._datasets)
         log.info("MLflow: replayed from Optuna what could not be sent: %s", counts)
         return counts["synced"]
 

@@ -3,8 +3,12 @@
 Optuna is the source of truth; MLflow is a replica this rebuilds. For every finished trial
 (COMPLETE, PRUNED, FAIL) the child run is found (its `mlflow_run_id`, else its tags) or created,
 then given what it lacks: params, every epoch's metrics at their step, the final metrics, the
-state tags and the terminal status. Only what is missing is written, so a second sync writes
-nothing. RUNNING trials are left to their worker. Models are not replayed.
+state tags, the dataset inputs and the terminal status. Only what is missing is written, so a
+second sync writes nothing. RUNNING trials are left to their worker. Models are not replayed.
+
+Optuna does not hold the arrays: a run without dataset inputs gets them made again from the
+stored config's dataset (loaded once, only when some run lacks them), so their digest is that of
+the data as it is now; a run that has some keeps them.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import logging
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from sweep.errors import ServiceError, SweepError
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve
 from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
-                                 objective_metrics, run_label, run_name)
+                                 dataset_inputs, objective_metrics, run_label, run_name)
 
 if TYPE_CHECKING:
     import optuna
-    from mlflow.entities import Run
+    from mlflow.entities import DatasetInput, Run
+
+    from sweep.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +38,24 @@ INTERRUPTED_REASON = "interrupted by the user"
 
 
 def sync(study: str, storage: str | None = None, tracking_uri: str | None = None, config: str | Path | None = None,
-         trials: Collection[int] | None = None) -> dict[str, Any]:
+         trials: Collection[int] | None = None, datasets: Sequence[DatasetInput] | None = None) -> dict[str, Any]:
     """Make MLflow complete and correct for every finished trial of `study` (or only `trials`).
+    `datasets`: the runs' dataset inputs (`Tracker.datasets`); by default made from the stored
+    config's dataset.
 
     Returns counts: trials synced, runs_created, params_logged, metrics_logged, tags_set,
-    runs_ended, running (left alone), and `synced`, the trial numbers made complete."""
+    datasets_logged, runs_ended, running (left alone), and `synced`, the trial numbers made complete."""
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     opt = load_study(study, stores.optuna)
-    cfg = stored_config(opt).model_dump(mode="json")
+    stored = stored_config(opt)
+    cfg = stored.model_dump(mode="json")
     check_tracking(stores.tracking)
     tracker = Tracker(stores.tracking, study)
     known = opt.user_attrs.get(PARENT_ATTR)
     parent = tracker.parent_run(known, cfg)
     if parent != known:
         opt.set_user_attr(PARENT_ATTR, parent)
-    replica = _Replica(tracker, parent)
+    replica = _Replica(tracker, parent, stored.dataset, datasets)
     try:
         replica.sync(opt, trials)
     except SweepError:
@@ -82,12 +91,29 @@ def _label(params: dict[str, Any]) -> str:
 class _Replica:
     """MLflow as it should be for one study, written where it is not."""
 
-    def __init__(self, tracker: Tracker, parent: str) -> None:
+    def __init__(self, tracker: Tracker, parent: str, dataset: DatasetConfig,
+                 datasets: Sequence[DatasetInput] | None) -> None:
         self.tracker = tracker
         self.client = tracker.client
         self.parent = parent
+        self.dataset = dataset
+        self.datasets = None if datasets is None else list(datasets)
         self.counts: dict[str, Any] = {"trials": 0, "runs_created": 0, "params_logged": 0, "metrics_logged": 0,
-                                       "tags_set": 0, "runs_ended": 0, "running": 0, "synced": []}
+                                       "tags_set": 0, "datasets_logged": 0, "runs_ended": 0, "running": 0,
+                                       "synced": []}
+
+    def _datasets(self) -> list[DatasetInput]:
+        """The dataset inputs, made from the stored config on first need; none if it cannot load."""
+        if self.datasets is None:
+            from sweep.data import load
+
+            try:
+                self.datasets = dataset_inputs(load(self.dataset, f"the stored config of {self.tracker.study_name}"))
+            except Exception as e:  # noqa: BLE001 - the file is gone, a download is offline: not fatal here
+                log.warning("sync: the runs' dataset inputs are not replayed, dataset %r cannot be loaded: %s",
+                            self.dataset.name, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                self.datasets = []
+        return self.datasets
 
     def sync(self, study: optuna.Study, only: Collection[int] | None) -> None:
         from optuna.trial import TrialState
@@ -213,6 +239,11 @@ class _Replica:
             self.client.log_batch(rid, tags=chunk)
         for chunk in _chunks(metrics, 1000):
             self.client.log_batch(rid, metrics=chunk)
+        # dataset inputs, only on a run that has none: one that has some records the data it ran on
+        datasets = [] if run.inputs is not None and run.inputs.dataset_inputs else self._datasets()
+        if datasets:
+            self.client.log_inputs(rid, datasets=datasets)
+        self.counts["datasets_logged"] += len(datasets)
         self.counts["params_logged"] += len(params)
         self.counts["tags_set"] += len(tags)
         self.counts["metrics_logged"] += len(metrics)
