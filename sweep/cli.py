@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -31,6 +31,11 @@ TrackingOpt = typer.Option(
 )
 
 
+VerboseOpt = typer.Option(False, "--verbose", "-v",
+                          help="more detail: where each store URL came from, every epoch metric, the "
+                               "libraries' own logs (TensorFlow, MLflow, Optuna)")
+
+
 def _use_config(path: Optional[str]) -> Optional[str]:
     # every command resolves stores through sweep.storage.resolve, which reads SWEEP_CONFIG
     if path:
@@ -51,11 +56,36 @@ class _DropTraceback(logging.Filter):
         return True
 
 
-def _setup_logging(verbose: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Any) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool, console: bool = False) -> None:
+    """`verbose`: debug lines from sweep and TensorFlow's own log. `console`: for the commands that
+    train, stderr goes through one console (a live footer on a terminal; TensorFlow's C++ notices
+    filtered, see sweep/console.py)."""
+    # TensorFlow's C++ log: its notices and grappler's "remapper failed" lines are not the user's to
+    # act on; a real failure reaches Python as an exception and fails the trial with its reason
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     # MLflow prints a "View run" URL per run over HTTP; our trial line already names the run
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    handler = logging.StreamHandler(sys.stderr)
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") on every new store;
+    # read by MLflow when it is first imported, which is later than this
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if console:
+        from sweep.console import install
+
+        handler: logging.Handler = _ConsoleHandler(install())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     # workers started by `sweep run --workers N` share one terminal: say whose line it is
     who = os.environ.get("SWEEP_WORKER_NAME")
     handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
@@ -65,7 +95,7 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     optuna.logging.get_logger("optuna").addFilter(_DropTraceback())
 
 
@@ -92,18 +122,25 @@ def run(
     workers: int = typer.Option(1, "--workers", "-w", min=1,
                                 help="local worker processes on this study (more than 1 needs PostgreSQL)"),
     config: Optional[str] = ConfigOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Run, resume or join a study; one line per finished trial."""
-    _setup_logging(verbose)
+    """Run, resume or join a study, showing its trials as they train.
+
+    On a terminal: a live view of the running trial(s) (epoch, batch, loss, metric, ETA) under one
+    line per finished trial. In a pipe or a log file: one whole line per epoch and per trial."""
+    _setup_logging(verbose, console=True)
     with _guard():
         if workers > 1:
             raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose))
         from sweep.runner.study import run as run_study
 
+        from sweep.runner.worker import done
+
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
-        log.info("done: %d trials in study %s; `sweep best %s` shows the best", len(s.trials),
-                 s.study_name, s.study_name)
+        trials = s.get_trials(deepcopy=False)
+        waiting = sum(t.state.name == "WAITING" for t in trials)
+        log.info("done: %d trial(s) finished in study %s%s; `sweep best %s` shows the best", len(done(trials)),
+                 s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
 
 
 def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
@@ -125,12 +162,25 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             if p.todo <= 0:
                 log.info("study %s is complete; nothing to run", p.cfg.study)
                 return 0
-            code = run_workers(p.cfg.study, stores, workers, config, verbose)
+            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=_pool_view(p, workers))
         finally:
             p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code
+
+
+def _pool_view(p: Any, workers: int) -> Any:
+    """The parent's view of its workers: their trials in one live footer on a terminal."""
+    from sweep.console import current
+    from sweep.runner.progress import View
+    from sweep.runner.study import shown_metric, target
+    from sweep.runner.worker import done
+
+    console = current()
+    return View(console, "live" if console is not None and console.live else "plain", study=p.cfg.study,
+                target=target(p), done=len(done(p.study.get_trials(deepcopy=False))), metric=shown_metric(p.cfg),
+                workers=workers, verbose=log.isEnabledFor(logging.DEBUG))
 
 
 @app.command()
@@ -141,10 +191,10 @@ def worker(
     tracking_uri: Optional[str] = TrackingOpt,
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials"),
     config: Optional[str] = ConfigOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Join a running study from any machine; exits 0 once the study has what it needs."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, console=True)
     with _guard():
         from sweep.runner.study import run as run_study
 
@@ -158,8 +208,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Trials by state and by worker, running trials and their times, ETA."""
+    _setup_logging(verbose)
     with _guard():
         from sweep.runner.status import format_status, status as study_status
 
@@ -174,9 +226,11 @@ def best(
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
     tracking_uri: Optional[str] = TrackingOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """The best trial's config: value, activation params, MLflow run id; for a study of several
     metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
+    _setup_logging(verbose)
     with _guard():
         from sweep.results import best_config
 
@@ -203,8 +257,10 @@ def trials(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    verbose: bool = VerboseOpt,
 ) -> None:
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
+    _setup_logging(verbose)
     with _guard():
         from sweep.results import trials as trials_df
 
@@ -231,9 +287,11 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Per configuration over repeats: mean, CI; vs baseline: difference, paired or Welch test, p raw and
     adjusted, effect size, minimum detectable difference."""
+    _setup_logging(verbose)
     with _guard():
         from sweep.analysis.compare import compare as compare_configs, format_comparison
 
@@ -251,7 +309,7 @@ def report(
     storage: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
     tracking_uri: Optional[str] = TrackingOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
     _setup_logging(verbose)
@@ -277,9 +335,10 @@ def server(
         "[server.artifacts_destination; default ./sweep-artifacts]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                           help="server worker processes [server.workers; default 1: 0.4 GB]"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
-    _setup_logging(False)
+    _setup_logging(verbose)
     with _guard():
         from sweep.server import serve
         from sweep.storage import resolve, settings
@@ -298,7 +357,7 @@ def sync(
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     config: Optional[str] = ConfigOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Replay a study from Optuna into MLflow: runs, params, every epoch's metrics, final metrics, state."""
     _setup_logging(verbose)

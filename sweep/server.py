@@ -189,8 +189,13 @@ def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
         return 0
     log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s, log %s); Ctrl-C stops it",
              server.url, mask(s.backend_store_uri), s.artifacts_destination, server.log_path)
+    # `sweep server -v`: the server's own log in the terminal too, as it is written
+    follow = log.isEnabledFor(logging.DEBUG)
+    seen = 0
     try:
         while server.process.poll() is None:
+            if follow:
+                seen = _echo_log(server.log_path, seen)
             time.sleep(0.5)
         log.error("mlflow server exited with code %s; see %s", server.process.returncode, server.log_path)
         return server.process.returncode or 1
@@ -198,3 +203,17 @@ def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
         log.info("stopping the MLflow server")
         server.stop()
         return 0
+
+
+def _echo_log(path: Path, seen: int) -> int:
+    """Log the lines `path` gained since byte `seen`; returns the new position."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(seen)
+            chunk = f.read()
+    except OSError:
+        return seen
+    end = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
+    for line in chunk[:end].decode("utf-8", "replace").splitlines():
+        log.debug("mlflow server: %s", mask(line))
+    return seen + end

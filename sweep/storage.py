@@ -169,9 +169,28 @@ def resolve(
     """Resolve both stores, highest first: argument (CLI flag) > environment variable >
     mlflow.yaml > SQLite files in the working directory."""
     s = settings(config)
-    optuna_url = storage or os.environ.get(ENV_OPTUNA) or s.optuna_storage or _sqlite_file(DEFAULT_OPTUNA_DB)
-    tracking = tracking_uri or os.environ.get(ENV_TRACKING) or s.tracking_uri or _sqlite_file(DEFAULT_MLFLOW_DB)
-    return Stores(optuna=db_url(optuna_url), tracking=db_url(tracking))
+    where = os.environ.get(ENV_CONFIG) or config or DEFAULT_CONFIG
+    optuna_url, optuna_from = _first((storage, "--storage"), (os.environ.get(ENV_OPTUNA), f"${ENV_OPTUNA}"),
+                                     (s.optuna_storage, f"{where} optuna_storage"),
+                                     (_sqlite_file(DEFAULT_OPTUNA_DB), "the default"))
+    tracking, tracking_from = _first((tracking_uri, "--tracking-uri"),
+                                     (os.environ.get(ENV_TRACKING), f"${ENV_TRACKING}"),
+                                     (s.tracking_uri, f"{where} tracking_uri"),
+                                     (_sqlite_file(DEFAULT_MLFLOW_DB), "the default"))
+    stores = Stores(optuna=db_url(optuna_url), tracking=db_url(tracking))
+    said = (stores, optuna_from, tracking_from)
+    if said not in _said:  # `-v`: once per process, though several steps resolve the stores
+        _said.add(said)
+        log.debug("Optuna storage %s (from %s); MLflow tracking %s (from %s)", mask(stores.optuna), optuna_from,
+                  mask(stores.tracking), tracking_from)
+    return stores
+
+
+_said: set[tuple[Stores, str, str]] = set()
+
+
+def _first(*candidates: tuple[str | None, str]) -> tuple[str, str]:
+    return next((value, source) for value, source in candidates if value)
 
 
 def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.storages.RDBStorage:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _help(*args: str) -> str:
@@ -31,3 +34,33 @@ def test_server_help_explains_every_option() -> None:
                           "--workers": "[server.workers; default 1",
                           "--host": "[server.host; default 127.0.0.1]"}.items():
         assert f"{option} " in text and words in text, option
+
+
+COMMANDS = ["run", "worker", "status", "best", "trials", "compare", "report", "server", "sync"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_verbose(command: str) -> None:
+    text = " ".join(_help(command).split())
+    assert "-v, --verbose more detail: where each store URL came from" in text
+
+
+def test_verbose_says_where_each_store_came_from(tmp_path: Path) -> None:
+    """`-v` on a read-only command: the resolved URLs and their source, the password masked."""
+    import optuna
+
+    db = tmp_path / "o.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    settings = tmp_path / "mlflow.yaml"
+    settings.write_text("tracking_uri: 'http://sweep:s3cret@127.0.0.1:9/'\n")
+    env = {**os.environ, "SWEEP_CONFIG": str(settings), "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    quiet = subprocess.run([sys.executable, "-m", "sweep", "status", "s", "--storage", f"sqlite:///{db}"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    loud = subprocess.run([sys.executable, "-m", "sweep", "status", "s", "--storage", f"sqlite:///{db}", "-v"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert quiet.returncode == loud.returncode == 2  # a study with no stored config: refused, cleanly
+    assert "Optuna storage" not in quiet.stderr
+    assert (f"Optuna storage sqlite:///{db} (from --storage); MLflow tracking http://sweep:***@127.0.0.1:9/ "
+            f"(from {settings} tracking_uri)") in loud.stderr, loud.stderr
+    assert "s3cret" not in loud.stderr + loud.stdout

@@ -95,10 +95,11 @@ def make_objective(
     parent_run_id: str,
     space: SpaceConfig,
     extra_callbacks: Callable[[Dataset, dict[str, Any]], list[Any]] | None = None,
+    progress: Callable[[int, str], Any] | None = None,
 ) -> Callable[[optuna.trial.Trial], float | tuple[float, ...]]:
     """Build the objective a worker calls for each trial: it returns the value of
     `search.metric`, or a tuple of values when it lists several. `extra_callbacks` adds Keras
-    callbacks per trial."""
+    callbacks per trial; `progress(trial_number, label)` gives the one that shows it running."""
     from sweep.runner.worker import worker_name
 
     has_val = cfg.dataset.validation_split > 0
@@ -132,7 +133,8 @@ def make_objective(
             model = build_model(spec, data.input_shape, data.num_classes, **params)
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
                          *diagnostics.callbacks(cfg.diagnostics, data, layers),
-                         _epoch_recorder(trial), run.epoch_logger()]
+                         _epoch_recorder(trial), run.epoch_logger(),
+                         *([progress(trial.number, run_label(params))] if progress else [])]
             if monitor is not None:  # None: several metrics, which Optuna cannot prune
                 callbacks.append(KerasPruningCallback(trial, monitor))
             result = train(model, data, cfg.training, seed, callbacks)

@@ -14,10 +14,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from sweep.errors import ConfigError
+from sweep.runner.progress import ENV_MODE, View, read_event
 from sweep.runner.worker import ENV_WORKER_NAME
 from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores, mask, scheme
 
@@ -49,23 +52,58 @@ def _env(stores: Stores, config: str | Path | None, name: str, threads: int) -> 
 
 
 def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
-                verbose: bool = False) -> int:
+                verbose: bool = False, view: View | None = None) -> int:
     """Start `workers` processes of `sweep worker STUDY` and wait for all. Returns an exit code:
-    0 when all finished, else the first failing worker's code (130/143 after Ctrl-C/SIGTERM)."""
+    0 when all finished, else the first failing worker's code (130/143 after Ctrl-C/SIGTERM).
+
+    Their stderr comes through this process, a line at a time, so lines from N workers never
+    interleave mid-line; with a live `view`, they send their progress as events to its footer."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     cmd = [sys.executable, "-m", "sweep", "worker", study, *(["-v"] if verbose else [])]
-    procs = [subprocess.Popen(cmd, env=_env(stores, config, f"w{i}", threads)) for i in range(workers)]
+    procs = []
+    for i in range(workers):
+        env = _env(stores, config, f"w{i}", threads)
+        if view is not None and view.mode == "live":
+            env[ENV_MODE] = "events"
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE))
+    readers = [threading.Thread(target=_forward, args=(p.stderr, view), daemon=True) for p in procs]
+    for r in readers:
+        r.start()
     log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(p.pid) for p in procs))
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
-                    sum(p.poll() is None for p in procs))
-        _stop(procs, signum)
-        return 128 + int(signum)
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
+                        sum(p.poll() is None for p in procs))
+            _stop(procs, signum)
+            return 128 + int(signum)
+    finally:
+        for r in readers:
+            r.join(timeout=5)
+        if view is not None:
+            view.close()
     bad = [c for c in codes if c != 0]
     return bad[0] if bad else 0
+
+
+def _forward(stream: IO[bytes], view: View | None) -> None:
+    """A worker's stderr: progress events to the view, every other line printed whole."""
+    from sweep.console import current
+
+    console = current()
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        event = read_event(line)
+        if event is not None:
+            if view is not None:
+                view.handle(event.pop("worker", "?"), event)
+        elif console is not None:
+            console.line(line)
+        else:
+            sys.stderr.write(line + "\n")
+    stream.close()
 
 
 def _stop(procs: list[subprocess.Popen], signum: int) -> None:

@@ -7,7 +7,7 @@ so a study can be resumed, or joined by another worker, from its name and storag
 from __future__ import annotations
 
 import logging
-import time
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +18,11 @@ from sweep import search
 from sweep.errors import ConfigError
 from sweep.record import CONFIG_ATTR, PARENT_ATTR, load_study, stored_config  # noqa: F401 (re-exported)
 from sweep.runner import objective as obj
+from sweep.runner import progress
 from sweep.runner import worker
 from sweep.storage import (Stores, check_separate, check_tracking, mask, optuna_storage, resolve,
                            settings, study_lock)
-from sweep.tracking.runs import Tracker
+from sweep.tracking.runs import Tracker, experiment_url
 
 if TYPE_CHECKING:
     import optuna
@@ -126,33 +127,6 @@ def _enqueue_plan(study: optuna.Study, configs: list[dict[str, Any]], cfg: Study
 
 def _plan_key(t: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
     return t.user_attrs.get(obj.CONFIG_INDEX), t.user_attrs.get(obj.REPEAT)
-
-
-def _trial_line(metrics: tuple[str, ...]) -> Any:
-    started = time.monotonic()
-
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
-        if trial.values is not None:
-            outcome = " ".join(f"{m}={v:.4f}" for m, v in zip(metrics, trial.values))
-        elif trial.user_attrs.get(obj.FAIL_REASON):
-            outcome = f"reason: {trial.user_attrs[obj.FAIL_REASON]}"
-        else:
-            last = trial.last_step
-            outcome = f"at epoch {last}" if last is not None else ""
-        secs = trial.duration.total_seconds() if trial.duration else 0.0
-        if len(metrics) > 1:  # no single best trial: Optuna's Pareto front (best_trial raises)
-            front = sorted(t.number for t in study.best_trials)
-            best = f"Pareto front: trial(s) {', '.join(map(str, front))}" if front else "Pareto front: none yet"
-        else:
-            try:
-                best = f"best: trial {study.best_trial.number} {study.best_value:.4f}"
-            except ValueError:
-                best = "best: none yet"
-        log.info("trial %d %s %s [%s] %.1fs | %s | elapsed %.0fs", trial.number, trial.state.name,
-                 outcome, params, secs, best, time.monotonic() - started)
-
-    return callback
 
 
 @dataclass
@@ -304,19 +278,56 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     p.study.sampler = search.make_sampler(cfg.search, offset=len(p.study.trials),
                                           worker=worker.worker_name() if join else None)
     p.study.pruner = search.make_pruner(cfg.search)
-    log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s", cfg.study,
-             min(p.todo, n_trials or p.todo), p.stores, p.parent)
+    url = experiment_url(p.stores.tracking, p.tracker.experiment_id)
+    log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
+             min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
-    objective = obj.make_objective(cfg, data, p.tracker, p.parent, space, extra_callbacks)
+    view = _view(p, n_trials)
+    name = worker.worker_name()
+
+    def show(trial_number: int, label: str) -> Any:
+        return progress.callback(lambda e: view.handle(name, e), trial_number, label, cfg.training.epochs,
+                                 batches=view.batches)
+
+    objective = obj.make_objective(cfg, data, p.tracker, p.parent, space, extra_callbacks, progress=show)
     interval = p.workers.heartbeat_interval
 
     def heartbeat(trial_id: int) -> Heartbeat:
         return Heartbeat(p.rdb, trial_id, interval)
 
-    with worker.stop_on_signals():
-        worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
-                    heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                    callbacks=[_trial_line(cfg.search.metrics)])
+    try:
+        with worker.stop_on_signals():
+            worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
+                        heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
+                        callbacks=[progress.trial_done(view, cfg.search.metrics, name)])
+    finally:
+        view.close()
+
+
+def target(p: Prepared) -> int:
+    """Trials the study wants done: its plan times repeats, or `search.n_trials`."""
+    if p.configs is not None:
+        return len(p.configs) * p.cfg.search.repeats
+    return p.cfg.search.n_trials or 0
+
+
+def shown_metric(cfg: StudyConfig) -> str:
+    """The per-epoch metric the terminal shows: the study's own, if Keras reports it each epoch."""
+    metric = cfg.search.metrics[0]
+    if metric.startswith("test_") or metric == "epoch_seconds":
+        return "val_accuracy" if cfg.dataset.validation_split > 0 else "accuracy"
+    return metric
+
+
+def _view(p: Prepared, n_trials: int | None) -> progress.View:
+    from sweep.console import current
+
+    console = current()
+    mode = os.environ.get(progress.ENV_MODE) or ("live" if console is not None and console.live else "plain")
+    finished = len(worker.done(p.study.get_trials(deepcopy=False)))
+    want = target(p) if n_trials is None else min(target(p), finished + n_trials)
+    return progress.View(console, mode, study=p.cfg.study, target=want, done=finished,
+                         metric=shown_metric(p.cfg), verbose=log.isEnabledFor(logging.DEBUG))
 
 
 def _config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:

@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "sweep.role"
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); this one
-# marks it as model training, so it lands on the runs (the UI's "custom_model_development" kind)
+# MLflow 3 marks an experiment of training runs with this kind; its UI (3.17) still takes the page
+# an experiment opens on from its own GenAI / Model training switch (in the browser's storage,
+# GenAI by default) unless the address says `workflowType`: see `experiment_url`
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
@@ -95,6 +96,24 @@ def short(value: Any) -> str:
 def run_label(params: dict[str, Any]) -> str:
     """`leaky_relu-0.06082`: the part of a trial's run name after `trial-N-`."""
     return "-".join(short(v) for v in params.values())
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The address of an experiment's runs in the MLflow UI of a tracking server (None for a
+    database: `mlflow ui` serves it on an address of its own), credentials left out. The
+    `workflowType` makes a first visit land on the runs rather than MLflow 3's GenAI overview."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(tracking_uri)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return None
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    base = f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path.rstrip('/')}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_name(trial_number: int, label: str) -> str:
+    return f"trial-{trial_number}-{label}"[:250]
 
 
 def _dataset_source(origin: str | None) -> DatasetSource:
