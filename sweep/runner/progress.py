@@ -228,9 +228,10 @@ def trial_done(view: View, metrics: tuple[str, ...], worker: str) -> Callable[[A
     study's count of finished trials for the footer."""
     from sweep.record import FAIL_REASON
     from sweep.runner.worker import done
+    from sweep.tracking.runs import short
 
     def callback(study: Any, trial: Any) -> None:
-        params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        params = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
         if trial.values is not None:
             outcome = " ".join(f"{m}={v:.4f}" for m, v in zip(metrics, trial.values))
         elif trial.user_attrs.get(FAIL_REASON):
