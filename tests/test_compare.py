@@ -186,6 +186,20 @@ def test_cli_compare_prints_table_and_json_without_tensorflow(tmp_path: Path, ti
         assert r.returncode == 0, r.stderr
         assert "TF_NOT_LOADED" in r.stderr
     out = json.loads(r.stdout)
+    # the other read-only commands too: no TensorFlow, Keras or MLflow
+    loaded = ("print(sorted(m for m in ('tensorflow', 'keras', 'mlflow', 'optuna', 'pydantic', 'numpy') "
+              "if m in sys.modules), file=sys.stderr)")
+    reader = code.replace("print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED', file=sys.stderr)",
+                          loaded)
+    for command in (["best", "stats"], ["trials", "stats"], ["status", "stats"]):
+        r2 = subprocess.run([sys.executable, "-c", reader, *command, "--storage", storage], capture_output=True,
+                            text=True, timeout=120)
+        assert r2.returncode == 0, r2.stderr
+        assert r2.stderr.splitlines()[-1] == "['numpy', 'optuna', 'pydantic']", (command, r2.stderr)
+    # `sweep --help` imports none of them (the package's public names load on first use)
+    r2 = subprocess.run([sys.executable, "-c", reader.replace("assert not e.code, e.code", "pass"), "--help"],
+                        capture_output=True, text=True, timeout=120)
+    assert r2.stderr.splitlines()[-1] == "[]", r2.stderr
     assert [row["config"] for row in out["rows"]] == ["relu", "leaky_relu(alpha=0.1)"]
     assert (out["design"], out["correction"], out["effect"]) == ("paired", "holm", 0.001)
     base, row = out["rows"]
