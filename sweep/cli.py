@@ -43,6 +43,9 @@ def _use_config(path: Optional[str]) -> Optional[str]:
     return path
 
 
+ThreadsOpt = typer.Option(None, "--threads-per-worker", min=1,
+                          help="TensorFlow threads per worker process [env TF_NUM_INTRAOP_THREADS; default: "
+                               "the cores shared out between workers; one worker: TensorFlow's own]")
 ConfigOpt = typer.Option(None, "--config", callback=_use_config,
                          help="settings file [env SWEEP_CONFIG; default ./mlflow.yaml]")
 
@@ -121,6 +124,7 @@ def run(
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials now"),
     workers: int = typer.Option(1, "--workers", "-w", min=1,
                                 help="local worker processes on this study (more than 1 needs PostgreSQL)"),
+    threads_per_worker: Optional[int] = ThreadsOpt,
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -131,7 +135,9 @@ def run(
     _setup_logging(verbose, console=True)
     with _guard():
         if workers > 1:
-            raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose))
+            raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose,
+                                       threads_per_worker))
+        _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
         from sweep.runner.worker import done
@@ -143,8 +149,15 @@ def run(
                  s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
 
 
+def _use_threads(threads: Optional[int]) -> None:
+    if threads is not None:  # before TensorFlow starts: it reads them once
+        from sweep.runner.pool import use_threads
+
+        use_threads(threads)
+
+
 def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
-              workers: int, config: Optional[str], verbose: bool) -> int:
+              workers: int, config: Optional[str], verbose: bool, threads: Optional[int]) -> int:
     from sweep.errors import ConfigError
     from sweep.runner.pool import check_parallel_storage, run_workers
     from sweep.runner.study import prepare
@@ -162,7 +175,8 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             if p.todo <= 0:
                 log.info("study %s is complete; nothing to run", p.cfg.study)
                 return 0
-            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=_pool_view(p, workers))
+            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=_pool_view(p, workers),
+                               threads=threads)
         finally:
             p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
@@ -190,12 +204,14 @@ def worker(
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials"),
+    threads_per_worker: Optional[int] = ThreadsOpt,
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Join a running study from any machine; exits 0 once the study has what it needs."""
     _setup_logging(verbose, console=True)
     with _guard():
+        _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
         run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,

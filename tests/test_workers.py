@@ -207,12 +207,18 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
         "activation": ["leaky_relu"], "leaky_alpha": {"low": 0.01, "high": 0.5}})
     d["study"] = "four"
     d["training"].update(epochs=1, batch_size=100)
-    proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "4"], env, tmp_path)
+    proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "4", "--threads-per-worker", "2"], env,
+                  tmp_path)
     seen_cmdlines = []
+    threads = {}  # worker pid -> TensorFlow's thread settings in its environment
     while proc.poll() is None:  # every process of the sweep, as `ps` would show it
         for pid in [proc.pid, *_descendants(proc.pid)]:
             try:
-                seen_cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                seen_cmdlines.append(cmdline)
+                if "\0worker\0" in cmdline:
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+                    threads[pid] = sorted(v for v in environ if v.startswith("TF_NUM_"))
             except OSError:
                 pass
         time.sleep(0.5)
@@ -253,6 +259,9 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
                  *logged]:
         assert not _leaks(text)
     assert len(seen_cmdlines) > 4  # the parent and its four workers were looked at
+    # --threads-per-worker 2 (4 workers on 2 cores would get 1 each by default)
+    assert len(threads) == 4 and all(v == ["TF_NUM_INTEROP_THREADS=2", "TF_NUM_INTRAOP_THREADS=2"]
+                                     for v in threads.values()), threads
 
 
 # --- 5. Ctrl-C on `sweep run --workers 4` ---

@@ -41,24 +41,37 @@ def check_parallel_storage(stores: Stores, workers: int) -> None:
         )
 
 
-def _env(stores: Stores, config: str | Path | None, name: str, threads: int) -> dict[str, str]:
-    env = {**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: name}
-    if config is not None:
-        env[ENV_CONFIG] = str(Path(config).resolve())
-    # one small CNN does not fill a core's worth of threads per worker: split the cores
-    env.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-    env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+def use_threads(threads: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """TensorFlow's own settings for its thread pools, read when it starts (before any op)."""
+    env = os.environ if env is None else env
+    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    env["TF_NUM_INTEROP_THREADS"] = "1" if threads == 1 else "2"
     return env
 
 
+def default_threads(workers: int) -> int:
+    """The cores shared out between workers. One small CNN does not keep two cores busy: two
+    1-thread processes trained 1.21x the samples/s of one 2-thread process (benchmarks/README.md)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _env(stores: Stores, config: str | Path | None, name: str, threads: int | None) -> dict[str, str]:
+    env = {**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: name}
+    if config is not None:
+        env[ENV_CONFIG] = str(Path(config).resolve())
+    return use_threads(threads, env) if threads is not None else env
+
+
 def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
-                verbose: bool = False, view: View | None = None) -> int:
-    """Start `workers` processes of `sweep worker STUDY` and wait for all. Returns an exit code:
+                verbose: bool = False, view: View | None = None, threads: int | None = None) -> int:
+    """Start `workers` processes of `sweep worker STUDY` and wait for all, each with `threads`
+    TensorFlow threads (default: the cores shared out). Returns an exit code:
     0 when all finished, else the first failing worker's code (130/143 after Ctrl-C/SIGTERM).
 
     Their stderr comes through this process, a line at a time, so lines from N workers never
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads is None and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # else the user's, or the flag's
+        threads = default_threads(workers)
     cmd = [sys.executable, "-m", "sweep", "worker", study, *(["-v"] if verbose else [])]
     procs = []
     for i in range(workers):
