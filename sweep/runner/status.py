@@ -13,6 +13,7 @@ from typing import Any
 
 from sweep import record as obj
 from sweep.record import load_study, stored_config
+from sweep.runner.progress import duration
 from sweep.runner.worker import done
 
 
@@ -67,25 +68,17 @@ def status(study: str, storage: str | None = None) -> Status:
     )
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    m, sec = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
-
-
 def format_status(st: Status) -> str:
     states = ", ".join(f"{n} {k}" for k, n in sorted(st.states.items())) or "no trials yet"
     lines = [
         f"study {st.study}: {st.done}/{st.target} trials done; {states}"
         + (f"; {st.retried} retried after their worker died" if st.retried else ""),
-        f"mean trial {_duration(st.mean_trial_seconds)}; ETA {_duration(st.eta_seconds)}"
+        f"mean trial {duration(st.mean_trial_seconds)}; ETA {duration(st.eta_seconds)}"
         + (f" at {len(st.running)} running" if st.running else ""),
     ]
     if st.running:
         lines.append("running:")
-        lines += [f"  trial {r['trial']:<5} {r['worker']:<24} {_duration(r['seconds']):>8}  "
+        lines += [f"  trial {r['trial']:<5} {r['worker']:<24} {duration(r['seconds']):>8}  "
                   f"epoch {'-' if r['epoch'] is None else r['epoch'] + 1}" for r in st.running]
     lines.append("by worker:")
     for w, counts in st.by_worker.items():

@@ -282,6 +282,10 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
              min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
+    # TensorFlow's import (3-4 s) here, once, rather than inside the first trial: trial times and
+    # the ETA are then what a trial costs
+    import keras  # noqa: F401
+
     view = _view(p, n_trials)
     name = worker.worker_name()
 
