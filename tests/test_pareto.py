@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import statistics
 import subprocess
@@ -49,11 +50,12 @@ def test_metric_list_infers_directions_and_one_metric_stays_as_it_was(tiny_npz: 
     assert cfg.model_dump(mode="json")["search"]["metric"] == TWO
     three = config.parse(study_dict(tiny_npz, metric=["val_loss", "test_accuracy", "epoch_seconds"], pruner="none"), "x")
     assert three.search.directions == ["minimize", "maximize", "minimize"]
-    # one metric: a plain string in the stored config (old studies resume), the median default kept
+    # one metric: a plain string in the stored config (old studies resume); an explicit plan is a
+    # comparison, not pruned by default (see test_config.test_default_pruner_by_kind_of_search)
     old = study_dict(tiny_npz)
     old["search"].pop("pruner")
     single = config.parse(old, "x.yaml")
-    assert (single.search.metric, single.search.direction, single.search.pruner.name) == ("val_accuracy", "maximize", "median")
+    assert (single.search.metric, single.search.direction, single.search.pruner.name) == ("val_accuracy", "maximize", "none")
     assert single.model_dump(mode="json")["search"]["metric"] == "val_accuracy"
     assert config.from_json(single.to_json(), "stored").model_dump() == single.model_dump()
     multi = config.from_json(cfg.to_json(), "stored")
@@ -120,7 +122,7 @@ def test_two_objective_study_end_to_end(tmp_path: Path, optuna_url: str, trackin
     d["study"] = "pareto-tiny"
     d["training"].update(epochs=2, learning_rate=0.001)
     monkeypatch.setattr(logging.getLogger("sweep"), "propagate", True)  # a CLI test may have cut it off
-    with caplog.at_level(logging.INFO, logger="sweep.runner.study"):
+    with caplog.at_level(logging.INFO, logger="sweep"):
         study = sweep.run(write_study(tmp_path, d), storage=optuna_url, tracking_uri=tracking_uri)
 
     # Optuna: a multi-objective study, each trial told both values, nothing reported for pruning
@@ -135,7 +137,8 @@ def test_two_objective_study_end_to_end(tmp_path: Path, optuna_url: str, trackin
         # the trial's mean epoch, not its last one
         assert t.values[1] == pytest.approx(statistics.fmean(e["epoch_seconds"] for e in epochs))
         assert t.values[1] == pytest.approx(t.user_attrs["mean_epoch_seconds"])
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+    # the finished-trial lines (the epoch lines in between are `trial N epoch i/n: ...`)
+    lines = [r.getMessage() for r in caplog.records if re.match(r"trial \d+ [A-Z]+ ", r.getMessage())]
     assert len(lines) == 5
     for t, line in zip(trials, lines):
         assert f"val_accuracy={t.values[0]:.4f} epoch_seconds={t.values[1]:.4f}" in line, line
