@@ -350,11 +350,18 @@ class SearchConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_pruner_by_default_for_several_metrics(cls, data: Any) -> Any:
-        # Optuna cannot prune a multi-objective study (Trial.report and should_prune raise), so
-        # there the default pruner is `none`; one given explicitly is refused in _one_pruned_metric
-        if (isinstance(data, dict) and "pruner" not in data and isinstance(data.get("metric"), list)
-                and len(set(map(str, data["metric"]))) > 1):
+    def _default_pruner(cls, data: Any) -> Any:
+        """`median` prunes a sampled search; `none` is the default where pruning does harm:
+        - several metrics: Optuna cannot prune them (Trial.report and should_prune raise); one
+          given explicitly is refused in _one_pruned_metric;
+        - an explicit plan (`configs`, or the grid): it is a comparison, where a pruned run has no
+          final value and `sweep compare` would see only the survivors; repeated over seeds, an
+          explicit pruner is refused in _repeatable.
+        Stored configs always name their pruner, so a resumed study keeps the one it ran with."""
+        if not isinstance(data, dict) or "pruner" in data:
+            return data
+        several = isinstance(data.get("metric"), list) and len(set(map(str, data["metric"]))) > 1
+        if several or data.get("configs") is not None or data.get("sampler") == "grid":
             return {**data, "pruner": "none"}
         return data
 
@@ -392,6 +399,12 @@ class SearchConfig(Strict):
     @classmethod
     def _repeatable(cls, v: int, info: ValidationInfo) -> int:
         sampler = info.data.get("sampler")
+        pruner = info.data.get("pruner")
+        if v > 1 and pruner is not None and pruner.name != "none" and not (info.context or {}).get("stored"):
+            raise ValueError(
+                f"a configuration repeated over seeds ({v} repeats) is a comparison, and the {pruner.name} "
+                "pruner would bias it: a pruned run has no final value, so `sweep compare` would see only "
+                "the seeds that survived; set `pruner: none` (the default for `configs` and the grid)")
         if v == 1 or info.data.get("space") is None or sampler in (None, "grid"):
             return v
         if (info.context or {}).get("stored"):

@@ -272,3 +272,29 @@ def test_unknown_study_name_writes_nothing(args: list[str], tmp_path: Path) -> N
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no Optuna storage at" in r.stderr and "--storage" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_default_pruner_by_kind_of_search(tiny_npz: Path) -> None:
+    """Median for a sampled search; none for an explicit plan or a grid, which are comparisons."""
+    def pruner(**search: object) -> str:
+        d = study_dict(tiny_npz, **search)
+        d["search"].pop("pruner")
+        return config.parse(d, "x").search.pruner.name
+
+    space = {"activation": ["relu", "leaky_relu"], "leaky_alpha": [0.1, 0.2]}
+    assert pruner(configs=None, sampler="tpe", n_trials=4, space=space) == "median"
+    assert pruner(configs=None, sampler="random", n_trials=4, space=space) == "median"
+    assert pruner(configs=None, sampler="grid", space=space) == "none"
+    assert pruner() == "none"  # study_dict's explicit configs
+    assert pruner(repeats=3) == "none"
+
+
+@pytest.mark.parametrize("search", [{"repeats": 3}, {"configs": None, "sampler": "grid", "repeats": 2,
+                                                     "space": {"activation": ["relu", "elu"]}}])
+def test_a_pruned_repeated_comparison_is_refused(tiny_npz: Path, search: dict) -> None:
+    d = study_dict(tiny_npz, pruner="median", **search)
+    with pytest.raises(ConfigError, match=r"search\.repeats: a configuration repeated over seeds \(\d repeats\) is a "
+                                          r"comparison, and the median pruner would bias it"):
+        config.parse(d, "x.yaml")
+    # a study stored that way by an earlier sweep still loads, as it ran
+    assert config.parse(d, "stored", stored=True).search.pruner.name == "median"
