@@ -22,7 +22,7 @@ import sweep
 from sweep.models.activations import resolve_params
 from sweep.runner import objective as obj
 from sweep.errors import ConfigError
-from sweep.runner.study import PARENT_ATTR
+from sweep.runner.study import CONFIG_ATTR, PARENT_ATTR
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 
@@ -331,6 +331,22 @@ def test_changed_study_file_is_refused_but_budget_may_grow(tmp_path: Path, tiny_
     d["training"]["epochs"] = 5
     with pytest.raises(ConfigError, match=r"different training.epochs: stored 1, file has 5"):
         _run(tmp_path, d, optuna_url, tracking_uri)
+
+
+def test_a_new_pruner_is_taken_on_resume(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str
+                                         ) -> None:
+    """A plan stored with the median pruner (the default for every study before 2026-11) resumes
+    from a file that names none, with `none`, the default for plans now."""
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}], pruner="median")
+    d["training"]["epochs"] = 1
+    _run(tmp_path, d, optuna_url, tracking_uri, n_trials=1)
+    del d["search"]["pruner"]
+    study = _run(tmp_path, d, optuna_url, tracking_uri)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert isinstance(study.pruner, optuna.pruners.NopPruner)
+    assert study.user_attrs[CONFIG_ATTR]["search"]["pruner"] == {"name": "none"}
+    parent = MlflowClient(tracking_uri).get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.data.tags["sweep.config.search.pruner.name"] == "none"
 
 
 def test_repeats_use_paired_seeds(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str) -> None:

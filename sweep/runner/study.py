@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # for every configuration, so comparisons stay seed-paired; fewer would disown recorded trials.
 RESUMABLE_CHANGES = {"search.n_trials", "search.repeats"}
 ONLY_RAISED = {"search.repeats"}
+# the pruner decides which trials still to come are cut short, not what a recorded one means; a
+# study file that names none (since 2026-11 `none` for configs and the grid, `median` before)
+# resumes with the new one rather than being refused
+RESUMABLE_PREFIXES = ("search.pruner",)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -69,7 +73,7 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
     problems = []
     for f in fields:
         stored, given = _lookup(old, f), _lookup(new, f)
-        if f not in RESUMABLE_CHANGES:
+        if f not in RESUMABLE_CHANGES and not f.startswith(RESUMABLE_PREFIXES):
             problems.append(f"study already exists in {mask(stores.optuna)} with a different {f}: "
                             f"stored {stored!r}, file has {given!r}")
         elif f in ONLY_RAISED and given < stored:
