@@ -139,7 +139,6 @@ def run(
                                        threads_per_worker))
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
-
         from sweep.runner.worker import done
 
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
@@ -160,7 +159,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
               workers: int, config: Optional[str], verbose: bool, threads: Optional[int]) -> int:
     from sweep.errors import ConfigError
     from sweep.runner.pool import check_parallel_storage, run_workers
-    from sweep.runner.study import prepare
+    from sweep.runner.study import prepare, view
     from sweep.runner.worker import stop_on_signals
     from sweep.storage import resolve, settings
 
@@ -175,26 +174,14 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             if p.todo <= 0:
                 log.info("study %s is complete; nothing to run", p.cfg.study)
                 return 0
-            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=_pool_view(p, workers),
+            # the parent's view of its workers: their trials in one live footer on a terminal
+            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
                                threads=threads)
         finally:
             p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code
-
-
-def _pool_view(p: Any, workers: int) -> Any:
-    """The parent's view of its workers: their trials in one live footer on a terminal."""
-    from sweep.console import current
-    from sweep.runner.progress import View
-    from sweep.runner.study import shown_metric, target
-    from sweep.runner.worker import done
-
-    console = current()
-    return View(console, "live" if console is not None and console.live else "plain", study=p.cfg.study,
-                target=target(p), done=len(done(p.study.get_trials(deepcopy=False))), metric=shown_metric(p.cfg),
-                workers=workers, verbose=log.isEnabledFor(logging.DEBUG))
 
 
 @app.command()

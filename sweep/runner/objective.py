@@ -124,7 +124,8 @@ def make_objective(
         trial.set_user_attr("num_classes", data.num_classes)
         logged = run_params(cfg, data, params, seed)
         trial.set_user_attr(MLFLOW_PARAMS, logged)
-        run = tracker.start_trial(parent_run_id, trial.number, logged, label=run_label(params), datasets=datasets)
+        name = run_label(params)
+        run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets)
         if run.run_id is not None:
             trial.set_user_attr(RUN_ID, run.run_id)
         try:
@@ -134,7 +135,7 @@ def make_objective(
             callbacks = [*(extra_callbacks(data, params) if extra_callbacks else []),
                          *diagnostics.callbacks(cfg.diagnostics, data, layers),
                          _epoch_recorder(trial), run.epoch_logger(),
-                         *([progress(trial.number, run_label(params))] if progress else [])]
+                         *([progress(trial.number, name)] if progress else [])]
             if monitor is not None:  # None: several metrics, which Optuna cannot prune
                 callbacks.append(KerasPruningCallback(trial, monitor))
             result = train(model, data, cfg.training, seed, callbacks)

@@ -14,7 +14,7 @@ from typing import Any
 from sweep import record as obj
 from sweep.record import load_study, stored_config
 from sweep.runner.progress import duration
-from sweep.runner.worker import done
+from sweep.runner.worker import done, target
 
 
 @dataclass
@@ -42,7 +42,7 @@ def status(study: str, storage: str | None = None) -> Status:
     cfg = stored_config(s)
     trials = s.get_trials(deepcopy=False)
     plan = search.plan(cfg.search)
-    target = len(plan) * cfg.search.repeats if plan is not None else cfg.search.n_trials or 0
+    wanted = target(cfg.search, plan)
     finished = done(trials)
     by_worker: dict[str, Counter] = defaultdict(Counter)
     for t in trials:
@@ -56,12 +56,12 @@ def status(study: str, storage: str | None = None) -> Status:
     ]
     durations = [t.duration.total_seconds() for t in finished if t.duration]
     mean = sum(durations) / len(durations) if durations else None
-    left = max(0, target - len(finished))
+    left = max(0, wanted - len(finished))
     eta = None
     if mean is not None and left:
         eta = mean * left / max(1, len(running))
     return Status(
-        study=study, target=target, done=len(finished),
+        study=study, target=wanted, done=len(finished),
         states=dict(Counter(t.state.name for t in trials)),
         by_worker={w: dict(c) for w, c in sorted(by_worker.items())},
         running=running, retried=len(superseded(trials)), mean_trial_seconds=mean, eta_seconds=eta,

@@ -290,12 +290,12 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     # the ETA are then what a trial costs
     import keras  # noqa: F401
 
-    view = _view(p, n_trials)
+    shown = view(p, n_trials)
     name = worker.worker_name()
 
     def show(trial_number: int, label: str) -> Any:
-        return progress.callback(lambda e: view.handle(name, e), trial_number, label, cfg.training.epochs,
-                                 batches=view.batches)
+        return progress.callback(lambda e: shown.handle(name, e), trial_number, label, cfg.training.epochs,
+                                 batches=shown.batches)
 
     objective = obj.make_objective(cfg, data, p.tracker, p.parent, space, extra_callbacks, progress=show)
     interval = p.workers.heartbeat_interval
@@ -307,16 +307,9 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                        callbacks=[progress.trial_done(view, cfg.search.metrics, name)])
+                        callbacks=[progress.trial_done(shown, cfg.search.metrics, name)])
     finally:
-        view.close()
-
-
-def target(p: Prepared) -> int:
-    """Trials the study wants done: its plan times repeats, or `search.n_trials`."""
-    if p.configs is not None:
-        return len(p.configs) * p.cfg.search.repeats
-    return p.cfg.search.n_trials or 0
+        shown.close()
 
 
 def shown_metric(cfg: StudyConfig) -> str:
@@ -327,15 +320,19 @@ def shown_metric(cfg: StudyConfig) -> str:
     return metric
 
 
-def _view(p: Prepared, n_trials: int | None) -> progress.View:
+def view(p: Prepared, n_trials: int | None = None, workers: int = 1) -> progress.View:
+    """How this process shows the study's progress: a live footer on a terminal, plain lines
+    elsewhere, or events for the parent of a pool (which sets the mode in the environment)."""
     from sweep.console import current
 
     console = current()
     mode = os.environ.get(progress.ENV_MODE) or ("live" if console is not None and console.live else "plain")
     finished = len(worker.done(p.study.get_trials(deepcopy=False)))
-    want = target(p) if n_trials is None else min(target(p), finished + n_trials)
-    return progress.View(console, mode, study=p.cfg.study, target=want, done=finished,
-                         metric=shown_metric(p.cfg), verbose=log.isEnabledFor(logging.DEBUG))
+    want = worker.target(p.cfg.search, p.configs)
+    if n_trials is not None:
+        want = min(want, finished + n_trials)
+    return progress.View(console, mode, study=p.cfg.study, target=want, done=finished, metric=shown_metric(p.cfg),
+                         workers=workers, verbose=log.isEnabledFor(logging.DEBUG))
 
 
 def _config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:

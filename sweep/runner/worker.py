@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from sweep.config import StudyConfig
+    from sweep.config import SearchConfig, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ def done(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.number not in gone and (
         t.state in (TrialState.COMPLETE, TrialState.PRUNED)
         or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))]
+
+
+def target(search: SearchConfig, plan: list[Any] | None) -> int:
+    """Trials a study wants done: its explicit plan (configs, grid) times repeats, or `n_trials`."""
+    return len(plan) * search.repeats if plan is not None else search.n_trials or 0
 
 
 def budget_used(trials: list[FrozenTrial]) -> int:
