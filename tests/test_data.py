@@ -37,6 +37,46 @@ def test_pipelines_batch_and_shuffle_with_the_seed(tiny_npz: Path) -> None:
     assert not np.array_equal(first(1), first(2))
 
 
+def test_numpy_pipelines_without_tensorflow_see_every_sample_once_an_epoch(tiny_npz: Path) -> None:
+    """The pipelines a Keras backend without TensorFlow gets (JAX on a GPU machine): fit() itself
+    drives them here, and each epoch sees every training sample once, in a new seeded order."""
+    import keras
+
+    from sweep.data import numpy_pipelines
+
+    d = load(DatasetConfig(name="npz", path=tiny_npz))
+    train, val, test = numpy_pipelines(d, 64, seed=1)
+    assert len(train) == 4 and len(val) == 1 and len(test) == -(-len(d.x_test) // 64)
+    xtr, _, xval, _ = d.split()
+
+    orders = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            orders.append(train.order.copy())
+
+    model = keras.Sequential([keras.Input(d.input_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(d.num_classes, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(train, validation_data=val, epochs=3, callbacks=[Seen()], verbose=0)
+    assert len(hist.history["val_accuracy"]) == 3
+    assert len(model.evaluate(test, verbose=0)) == 2
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(len(xtr)))  # every sample, once
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    batches = [train[i] for i in range(len(train))]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), xtr[orders[-1]])
+    assert sum(len(x) for x, _ in (val[i] for i in range(len(val)))) == len(xval)  # unshuffled, whole
+    again = numpy_pipelines(d, 64, seed=1)[0]
+    again.on_epoch_begin()
+    first = numpy_pipelines(d, 64, seed=1)[0]
+    first.on_epoch_begin()
+    np.testing.assert_array_equal(again.order, first.order)  # the seed decides the order
+    other = numpy_pipelines(d, 64, seed=2)[0]
+    other.on_epoch_begin()
+    assert not np.array_equal(other.order, first.order)
+
+
 def test_digits_ships_offline_at_mnist_shape() -> None:
     d = load(DatasetConfig(name="digits"))
     assert d.x_train.shape[1:] == (28, 28, 1)

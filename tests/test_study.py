@@ -150,6 +150,11 @@ def test_best_config_agrees_with_optuna_and_rebuilds(mnist_sweep: dict[str, Any]
     logged = mlflow.keras.load_model(cfg["mlflow_model_uri"])
     assert [type(layer).__name__ for layer in rebuilt.layers] == [type(layer).__name__ for layer in logged.layers]
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in logged.weights]
+    # the requirements name the backend the model ran on, given rather than inferred (5 s a model)
+    import tensorflow as tf
+
+    reqs = Path(mlflow.pyfunc.get_model_dependencies(cfg["mlflow_model_uri"])).read_text()
+    assert f"tensorflow=={tf.__version__}" in reqs.split() and f"keras=={keras.__version__}" in reqs.split()
 
 
 def test_load_model_predicts_without_setting_up_mlflow(mnist_sweep: dict[str, Any], mnist_path: Path,

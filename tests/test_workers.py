@@ -210,7 +210,7 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
     proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "4", "--threads-per-worker", "2"], env,
                   tmp_path)
     seen_cmdlines = []
-    threads = {}  # worker pid -> TensorFlow's thread settings in its environment
+    threads = {}  # worker pid -> TensorFlow's thread and GPU memory settings in its environment
     while proc.poll() is None:  # every process of the sweep, as `ps` would show it
         for pid in [proc.pid, *_descendants(proc.pid)]:
             try:
@@ -218,7 +218,7 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
                 seen_cmdlines.append(cmdline)
                 if "\0worker\0" in cmdline:
                     environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
-                    threads[pid] = sorted(v for v in environ if v.startswith("TF_NUM_"))
+                    threads[pid] = sorted(v for v in environ if v.startswith(("TF_NUM_", "TF_FORCE_GPU", "XLA_")))
             except OSError:
                 pass
         time.sleep(0.5)
@@ -259,8 +259,10 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
                  *logged]:
         assert not _leaks(text)
     assert len(seen_cmdlines) > 4  # the parent and its four workers were looked at
-    # --threads-per-worker 2 (4 workers on 2 cores would get 1 each by default)
-    assert len(threads) == 4 and all(v == ["TF_NUM_INTEROP_THREADS=2", "TF_NUM_INTRAOP_THREADS=2"]
+    # --threads-per-worker 2 (4 workers on 2 cores would get 1 each by default); on a GPU each
+    # worker would take memory as it needs it, not all of it at start
+    assert len(threads) == 4 and all(v == ["TF_FORCE_GPU_ALLOW_GROWTH=true", "TF_NUM_INTEROP_THREADS=2",
+                                           "TF_NUM_INTRAOP_THREADS=2", "XLA_PYTHON_CLIENT_PREALLOCATE=false"]
                                      for v in threads.values()), threads
 
 
@@ -323,6 +325,16 @@ def test_workers_on_sqlite_are_refused(tmp_path: Path, tiny_npz: Path) -> None:
     assert "PostgreSQL" in r.stderr and "--workers" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "sweep-optuna.db").exists()  # refused before anything was written
 
+
+
+def test_workers_share_a_gpu_unless_the_user_capped_memory() -> None:
+    """Each worker takes GPU memory as it needs it; a user's JAX cap (which needs preallocation)
+    or their own TensorFlow setting is kept, not overridden."""
+    from sweep.runner.pool import share_gpu
+
+    assert share_gpu({}) == {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    capped = share_gpu({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2", "TF_FORCE_GPU_ALLOW_GROWTH": "false"})
+    assert capped == {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2", "TF_FORCE_GPU_ALLOW_GROWTH": "false"}
 
 # --- 4. PostgreSQL restarts, or stays away, during a sweep (a throwaway cluster of our own) ---
 

@@ -1,12 +1,12 @@
 """Datasets in, arrays out: loaded once per worker (`load`), turned into `tf.data` pipelines per
-trial (`pipelines`). Nothing here knows about models, Optuna or MLflow."""
+trial (`pipelines`; Keras PyDatasets without TensorFlow). Nothing here knows about models, Optuna or MLflow."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from sweep.data import images
-from sweep.data.images import NPZ_KEYS, Dataset, pipelines, prepare, read_npz
+from sweep.data.images import NPZ_KEYS, Dataset, numpy_pipelines, pipelines, prepare, read_npz
 
 if TYPE_CHECKING:
     from sweep.config import DatasetConfig
@@ -24,4 +24,4 @@ def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
     return images.load(cfg, source)
 
 
-__all__ = ["NPZ_KEYS", "Dataset", "load", "pipelines", "prepare", "read_npz"]
+__all__ = ["NPZ_KEYS", "Dataset", "load", "numpy_pipelines", "pipelines", "prepare", "read_npz"]

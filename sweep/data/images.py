@@ -1,6 +1,7 @@
 """Datasets: arrays in keras `load_data()` layout, scaled to [0, 1] float32 with a channel axis.
 
-Loaded once per worker (`load`), then turned into `tf.data` pipelines per trial (`pipelines`).
+Loaded once per worker (`load`), then turned into `tf.data` pipelines per trial (`pipelines`;
+Keras `PyDataset`s where TensorFlow is not installed).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import numpy as np
 from sweep.errors import ConfigError, SweepError
 
 if TYPE_CHECKING:
-    import tensorflow as tf
-
     from sweep.config import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -212,9 +211,15 @@ def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
 
 def pipelines(
     data: Dataset, batch_size: int, seed: int
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None, tf.data.Dataset]:
-    """Shuffled training, validation and test `tf.data` pipelines for one trial."""
-    import tensorflow as tf
+) -> tuple[Any, Any | None, Any]:
+    """Shuffled training, validation and test pipelines for one trial: `tf.data` where TensorFlow
+    is installed (it always is with `pip install sweep`: the CPU default), else Keras' own
+    `PyDataset` over the same arrays, so a Keras 3 backend without TensorFlow (JAX on a GPU
+    machine, benchmarks/gpu_trials.py) trains the same trial."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return numpy_pipelines(data, batch_size, seed)
 
     xtr, ytr, xval, yval = data.split()
     train = (
@@ -228,3 +233,31 @@ def pipelines(
         val = tf.data.Dataset.from_tensor_slices((xval, yval)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     test = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test)).batch(batch_size)
     return train, val, test
+
+
+def numpy_pipelines(data: Dataset, batch_size: int, seed: int) -> tuple[Any, Any | None, Any]:
+    """`pipelines` without TensorFlow: `keras.utils.PyDataset`s of NumPy batches, the training one
+    reshuffled before each epoch by a generator seeded with the trial's seed."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, x: np.ndarray, y: np.ndarray, shuffle_seed: int | None) -> None:
+            super().__init__()
+            self.x, self.y = x, y
+            self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+            self.order = np.arange(len(x))
+
+        def __len__(self) -> int:
+            return -(-len(self.x) // batch_size)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = self.order[i * batch_size:(i + 1) * batch_size]
+            return self.x[idx], self.y[idx]
+
+        def on_epoch_begin(self) -> None:
+            if self.rng is not None:
+                self.order = self.rng.permutation(len(self.x))
+
+    xtr, ytr, xval, yval = data.split()
+    val = Batches(xval, yval, None) if len(xval) else None
+    return Batches(xtr, ytr, seed), val, Batches(data.x_test, data.y_test, None)

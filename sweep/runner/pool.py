@@ -55,8 +55,21 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def share_gpu(env: dict[str, str]) -> dict[str, str]:
+    """Several trial processes on one GPU. By default TensorFlow maps nearly all of a GPU's memory
+    when it starts and JAX preallocates 75 % of it, so a second worker fails for want of memory;
+    each worker here takes memory as its trial needs it (TensorFlow's memory growth, JAX without
+    preallocation). A user's own setting wins: JAX's XLA_PYTHON_CLIENT_MEM_FRACTION caps each
+    process instead, and needs preallocation on. Nothing changes on a machine without a GPU."""
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
 def _env(stores: Stores, config: str | Path | None, name: str, threads: int | None) -> dict[str, str]:
-    env = {**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: name}
+    env = share_gpu({**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking,
+                     ENV_WORKER_NAME: name})
     if config is not None:
         env[ENV_CONFIG] = str(Path(config).resolve())
     return use_threads(threads, env) if threads is not None else env

@@ -498,15 +498,19 @@ class TrialRun:
         return self._upload_model(saved, last)
 
     def _save_model(self, model: keras.Model) -> Path:
+        import importlib
+
         import keras
         import mlflow
-        import tensorflow as tf
 
         # saved here, on the training thread, so the sender only copies files; explicit
-        # requirements: inferring them costs ~5 s per model
+        # requirements: inferring them costs ~5 s per model. The backend the model ran on is
+        # the one to load it with (TensorFlow on a CPU; JAX where a GPU machine has no TensorFlow).
+        backend = keras.backend.backend()
+        engine = importlib.import_module(backend)
         path = self.tracker.stage() / "model"
         mlflow.keras.save_model(model, str(path), signature=_signature(model),
-                                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+                                pip_requirements=[f"{backend}=={engine.__version__}", f"keras=={keras.__version__}"])
         return path
 
     def _upload_model(self, saved: Path, step: int) -> str | None:
