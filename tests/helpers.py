@@ -126,3 +126,17 @@ def write_tiny_npz(path: Path, seed: int = 0, n_train: int = 300, n_test: int = 
     (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return path
+
+
+def on_backend(backend: str) -> Any:
+    """Run a test that takes `optuna_url` on one Optuna backend instead of both.
+
+    For tests of what a study does (resume, repeats, pruners, the grid), which goes through
+    Optuna's storage API the same way on either backend: they take turns between SQLite and
+    PostgreSQL, so the suite still runs each kind of study on both, at half the time. What differs
+    between the backends (URLs, locks, outages, concurrent workers, two objectives' values) is
+    tested on both, in test_storage, test_workers, test_server and test_pareto."""
+    import pytest
+
+    param = pytest.param("postgresql", marks=pytest.mark.postgres) if backend == "postgresql" else backend
+    return pytest.mark.parametrize("optuna_url", [param], indirect=True)

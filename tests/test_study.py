@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import skip_or_fail_without_postgres, postgres_database, study_dict, write_study
+from helpers import on_backend, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -227,6 +227,7 @@ def _run(tmp_path: Path, data: dict[str, Any], optuna_url: str, tracking_uri: st
     return sweep.run(write_study(tmp_path, data), storage=optuna_url, tracking_uri=tracking_uri, **kw)
 
 
+@on_backend("sqlite")
 def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                        tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=6, seed=3, space={
@@ -253,6 +254,7 @@ def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz
             assert len(r.info.run_name.rsplit("-", 1)[1].replace(".", "").lstrip("0")) <= 4
 
 
+@on_backend("postgresql")
 def test_deterministic_pruner_prunes_and_sweep_goes_on(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                        tracking_uri: str) -> None:
     # val_accuracy can never reach 1.1, so the threshold pruner stops every trial after epoch 0
@@ -267,6 +269,7 @@ def test_deterministic_pruner_prunes_and_sweep_goes_on(tmp_path: Path, tiny_npz:
     assert all(len(MlflowClient(tracking_uri).get_metric_history(r.info.run_id, "loss")) == 1 for r in runs)
 
 
+@on_backend("sqlite")
 def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                        tracking_uri: str) -> None:
     with np.load(tiny_npz) as f:
@@ -288,6 +291,7 @@ def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path: Path, tiny_npz:
     assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
 
 
+@on_backend("postgresql")
 def test_resume_continues_with_same_parent_run(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                tracking_uri: str) -> None:
     d = study_dict(tiny_npz)
@@ -307,6 +311,7 @@ def test_resume_continues_with_same_parent_run(tmp_path: Path, tiny_npz: Path, o
     assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 3
 
 
+@on_backend("sqlite")
 def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                               tracking_uri: str) -> None:
     class CtrlC(keras.callbacks.Callback):
@@ -325,6 +330,7 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path, tiny_npz: Path, op
     assert runs[0].info.status == "KILLED" and runs[0].data.tags["optuna.state"] == "INTERRUPTED"
 
 
+@on_backend("postgresql")
 def test_changed_study_file_is_refused_but_budget_may_grow(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                            tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=1,
@@ -338,6 +344,7 @@ def test_changed_study_file_is_refused_but_budget_may_grow(tmp_path: Path, tiny_
         _run(tmp_path, d, optuna_url, tracking_uri)
 
 
+@on_backend("sqlite")
 def test_a_new_pruner_is_taken_on_resume(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str
                                          ) -> None:
     """A plan stored with the median pruner (the default for every study before 2026-11) resumes
@@ -354,6 +361,7 @@ def test_a_new_pruner_is_taken_on_resume(tmp_path: Path, tiny_npz: Path, optuna_
     assert parent.data.tags["sweep.config.search.pruner.name"] == "none"
 
 
+@on_backend("postgresql")
 def test_repeats_use_paired_seeds(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "gelu"}], repeats=2, seed=10)
     d["training"]["epochs"] = 1
@@ -362,6 +370,7 @@ def test_repeats_use_paired_seeds(tmp_path: Path, tiny_npz: Path, optuna_url: st
     assert got == [("gelu", 10), ("gelu", 11), ("relu", 10), ("relu", 11)]
 
 
+@on_backend("sqlite")
 def test_study_stored_before_a_new_config_section_still_resumes(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                                 tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}])
@@ -373,6 +382,7 @@ def test_study_stored_before_a_new_config_section_still_resumes(tmp_path: Path, 
     assert len(_run(tmp_path, d, optuna_url, tracking_uri).get_trials()) == 2
 
 
+@on_backend("postgresql")
 def test_raised_repeats_add_only_the_missing_ones(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                   tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}], repeats=1, seed=0)
@@ -402,6 +412,7 @@ def test_raised_repeats_add_only_the_missing_ones(tmp_path: Path, tiny_npz: Path
     assert len(study.get_trials()) == 6 and study.user_attrs["sweep.config"]["search"]["repeats"] == 3
 
 
+@on_backend("sqlite")
 def test_study_stored_with_every_pruner_field_still_resumes(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                             tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=[{"activation": "relu"}, {"activation": "elu"}], pruner="hyperband")
@@ -418,6 +429,7 @@ def test_study_stored_with_every_pruner_field_still_resumes(tmp_path: Path, tiny
         "name": "hyperband", "min_resource": 1, "max_resource": 1, "reduction_factor": 3}
 
 
+@on_backend("postgresql")
 def test_median_pruner_stops_a_trial_behind_the_first(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                       tracking_uri: str) -> None:
     # on the tiny data selu's first-epoch val_loss is ~0.01, gelu's ~0.8: with one startup trial
@@ -436,6 +448,7 @@ def test_median_pruner_stops_a_trial_behind_the_first(tmp_path: Path, tiny_npz: 
                                                                              ("KILLED", "PRUNED")]
 
 
+@on_backend("sqlite")
 def test_hyperband_pruner_is_consulted(tmp_path: Path, tiny_npz: Path, optuna_url: str, tracking_uri: str) -> None:
     d = study_dict(tiny_npz, pruner={"name": "hyperband", "min_resource": 1, "reduction_factor": 3})
     d["training"]["epochs"] = 2
@@ -452,6 +465,7 @@ def test_hyperband_pruner_is_consulted(tmp_path: Path, tiny_npz: Path, optuna_ur
         assert t.system_attrs["completed_rung_0"] == t.intermediate_values[1]
 
 
+@on_backend("postgresql")
 def test_grid_over_a_space_minimises_val_loss(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                              tracking_uri: str) -> None:
     d = study_dict(tiny_npz, configs=None, sampler="grid", metric="val_loss",
