@@ -22,6 +22,7 @@ _PUBLIC = {
     "best_config": ("sweep.results", "best_config"),
     "load_model": ("sweep.results", "load_model"),
     "pareto_front": ("sweep.results", "pareto_front"),
+    "promote": ("sweep.results", "promote"),
     "trials": ("sweep.results", "trials"),
     "build_model": ("sweep.models", "build_model"),
     "compare": ("sweep.analysis.compare", "compare"),
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from sweep.config import StudyConfig, load as load_config
     from sweep.errors import ConfigError, ServiceError, SweepError
     from sweep.models import build_model
-    from sweep.results import best_config, load_model, pareto_front, trials
+    from sweep.results import best_config, load_model, pareto_front, promote, trials
     from sweep.runner.study import run
 
 

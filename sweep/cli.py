@@ -256,6 +256,33 @@ def best(
 
 
 @app.command()
+def promote(
+    study: str = typer.Argument(..., help="study name"),
+    trial: Optional[int] = typer.Option(None, "--trial", min=0,
+                                        help="promote this trial instead of the best (a study of several metrics needs it)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    storage: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    tracking_uri: Optional[str] = TrackingOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Register the best trial's model in the MLflow Model Registry under the study's name with the
+    alias `best` (a study does it itself when it completes): load it with
+    mlflow.pyfunc.load_model("models:/STUDY@best") or sweep.load_model(STUDY)."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.results import promote as promote_model
+
+        out = promote_model(study, trial=trial, storage=storage, tracking_uri=tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    what = "is now" if out["changed"] else "already was"
+    typer.echo(f"trial {out['trial']} (value {out['value']:.4f}) {what} {out['model_uri']}: registered model "
+               f"{out['name']}, version {out['version']}, from {out['source']}")
+
+
+@app.command()
 def trials(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,

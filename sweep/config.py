@@ -455,6 +455,25 @@ class DiagnosticsConfig(Strict):
     prelu_alphas: bool = True  # after training: learned PReLU alphas, summary metrics and histogram
 
 
+KEEP_MODELS_DEFAULT = 3
+
+
+class TrackingConfig(Strict):
+    """`tracking`: what a study keeps in MLflow beyond every trial's params, metrics and plots."""
+
+    # the K best trials by the study's metric (with several metrics: the Pareto front) keep their
+    # logged model; the others' models are deleted through MLflow as they fall out (5.2 MB each
+    # for the seed CNN). `all` keeps every model.
+    keep_models: Union[int, Literal["all"]] = KEEP_MODELS_DEFAULT
+
+    @field_validator("keep_models", mode="before")
+    @classmethod
+    def _int_or_all(cls, v: Any) -> Any:
+        if v != "all" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"expected a whole number of models of at least 1, or `all`; got {v!r}")
+        return v
+
+
 class ModelConfig(Strict):
     """`model`: the family and its shape. `model: seed_cnn` is short for `{name: seed_cnn}`."""
 
@@ -508,6 +527,16 @@ class StudyConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_kept_as_they_were(cls, data: Any, info: ValidationInfo) -> Any:
+        # a study stored before `tracking.keep_models` existed kept every trial's model; it goes on
+        # doing so (nothing recorded is deleted by an upgrade) unless its file says otherwise
+        if (info.context or {}).get("stored") and isinstance(data, dict) and "tracking" not in data:
+            return {**data, "tracking": {"keep_models": "all"}}
+        return data
 
     @model_validator(mode="before")
     @classmethod

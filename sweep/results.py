@@ -132,11 +132,42 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
     try:
         return mlflow.keras.load_model(uri)
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
+        if "not found" in str(e) and cfg.tracking.keep_models != "all":
+            raise SweepError(f"trial {t.number} of study {study!r} no longer has its model: only the "
+                             f"{cfg.tracking.keep_models} best trials keep theirs (tracking.keep_models: "
+                             f"{cfg.tracking.keep_models}; set it to `all` to keep every one)") from None
         raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
                          f"{mask(tracking)} failed: {mask(str(e).splitlines()[0]).rstrip('.')}. "
                          "Pass the tracking_uri the study was run with.") from None
     finally:
         mlflow.set_tracking_uri(before)
+
+
+def promote(study: str, trial: int | None = None, storage: str | None = None,
+            tracking_uri: str | None = None) -> dict[str, Any]:
+    """Register the best trial's model (or trial `trial`'s) in MLflow's Model Registry as a version
+    of the registered model named like the study, with the alias `best`: afterwards
+    `mlflow.pyfunc.load_model("models:/STUDY@best")` loads it. A study does this itself when it
+    completes; this is for any time (a trial of a Pareto front, or after a failed attempt).
+    Returns what was registered: name, version, alias, trial, value, model_uri, changed."""
+    from mlflow import MlflowClient
+
+    from sweep.tracking import registry
+
+    s = load_study(study, storage)
+    cfg = stored_config(s)
+    tracking = resolve(storage, tracking_uri).tracking
+    client = MlflowClient(tracking, registry_uri=tracking)
+    try:
+        version, changed, t = registry.promote_best(s, cfg.search.metrics, client, trial)
+    except SweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MlflowException, requests errors
+        raise SweepError(f"registering the model of study {study!r} in {mask(tracking)} failed: "
+                         f"{mask(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+    return {"name": study, "version": int(version.version), "alias": registry.ALIAS, "trial": t.number,
+            "value": t.value, "model_uri": f"models:/{study}@{registry.ALIAS}", "source": version.source,
+            "changed": changed, "tracking_uri": mask(tracking)}
 
 
 def trials(study: str, storage: str | None = None) -> pd.DataFrame:

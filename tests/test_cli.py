@@ -36,7 +36,7 @@ def test_server_help_explains_every_option() -> None:
         assert f"{option} " in text and words in text, option
 
 
-COMMANDS = ["run", "worker", "status", "best", "trials", "compare", "report", "server", "sync"]
+COMMANDS = ["run", "worker", "status", "best", "trials", "compare", "report", "server", "sync", "promote"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

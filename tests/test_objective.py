@@ -45,6 +45,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d["study"] = "objective"
     d["training"]["epochs"] = 1
     d["diagnostics"] = {"probe_samples": 40}
+    d["tracking"] = {"keep_models": "all"}  # every trial's model is read back below
     storage, tracking = f"sqlite:///{tmp / 'optuna.db'}", f"sqlite:///{tmp / 'mlflow.db'}"
     study = sweep.run(write_study(tmp, d), storage=storage, tracking_uri=tracking)
     trials = sorted(study.get_trials(), key=lambda t: t.user_attrs[obj.CONFIG_INDEX])

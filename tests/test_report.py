@@ -45,6 +45,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = study_dict(tmp / "tiny.npz", repeats=2)
     d["study"] = "report-tiny"
     d["diagnostics"] = {"probe_samples": 40}
+    d["tracking"] = {"keep_models": "all"}  # each PReLU trial's model is read back below
     storage, tracking = f"sqlite:///{tmp / 'optuna.db'}", f"sqlite:///{tmp / 'mlflow.db'}"
     study = sweep.run(write_study(tmp, d), storage=storage, tracking_uri=tracking)
     folder = sweep.report("report-tiny", out=tmp / "out", storage=storage, tracking_uri=tracking)

@@ -22,6 +22,7 @@ from sweep.runner import progress
 from sweep.runner import worker
 from sweep.storage import (Stores, check_separate, check_tracking, mask, optuna_storage, resolve,
                            settings, study_lock)
+from sweep.tracking.models import Keeper
 from sweep.tracking.runs import Tracker, experiment_url
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ ONLY_RAISED = {"search.repeats"}
 # the pruner decides which trials still to come are cut short, not what a recorded one means; a
 # study file that names none (since 2026-11 `none` for configs and the grid, `median` before)
 # resumes with the new one rather than being refused
-RESUMABLE_PREFIXES = ("search.pruner",)
+# which trials keep their model (tracking.keep_models) is the file's to say on every run: the
+# models of trials that fall out are deleted from then on, the recorded trials do not change
+RESUMABLE_PREFIXES = ("search.pruner", "tracking.")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -53,9 +56,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
-          ) -> tuple[optuna.Study, dict[str, tuple[Any, Any]]]:
-    """The study, created or loaded, and the resumable fields the file changes: {field: (stored,
-    new)}. The caller stores the new config (a new study's is stored here at once)."""
+          ) -> tuple[optuna.Study, dict[str, tuple[Any, Any]], StudyConfig]:
+    """The study, created or loaded, the resumable fields the file changes ({field: (stored,
+    new)}) and the config to run with. The caller stores that config (a new study's is stored
+    here at once)."""
     import optuna
 
     new = cfg.model_dump(mode="json")
@@ -66,7 +70,12 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
     old = study.user_attrs.get(CONFIG_ATTR)
     if old is None:
         study.set_user_attr(CONFIG_ATTR, new)
-        return study, {}
+        return study, {}, cfg
+    if "tracking" not in old and "tracking" not in cfg.model_fields_set:
+        # stored before keep_models existed, resumed from a file that does not set it: every
+        # model stays, as before (config.StudyConfig._models_kept_as_they_were)
+        cfg = cfg.model_copy(update={"tracking": config_mod.TrackingConfig(keep_models="all")})
+        new = cfg.model_dump(mode="json")
     # validated again so sections added to sweep since (with defaults) are not "changes"
     old = config_mod.parse(old, f"study {cfg.study!r} (stored config)", stored=True).model_dump(mode="json")
     fields = _diff(old, new)
@@ -84,7 +93,7 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
             cfg.study,
             problems + ["resume with the stored config (sweep run STUDY_NAME), or give this file a new `study` name"],
         )
-    return study, {f: (_lookup(old, f), _lookup(new, f)) for f in fields}
+    return study, {f: (_lookup(old, f), _lookup(new, f)) for f in fields}, cfg
 
 
 def _create(cfg: StudyConfig, rdb: optuna.storages.BaseStorage) -> optuna.Study:
@@ -179,7 +188,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     rdb = open_storage(stores.optuna, ws, on_stale)
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study):
-        opt_study, changed = _open(cfg, stores, rdb)
+        opt_study, changed, cfg = _open(cfg, stores, rdb)
         tracker = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
         on_stale.tracker = tracker
         new = cfg.model_dump(mode="json")
@@ -268,7 +277,29 @@ def _summarize(p: Prepared) -> None:
             front = sorted(t.number for t in p.study.best_trials)
             metrics["pareto_size"] = len(front)
             tags = {"sweep.pareto.trials": ",".join(map(str, front))}
+    if complete and "sweep.best.trial" in tags:
+        tags.update(_promote(p))
     p.tracker.summarize_parent(p.parent, metrics, tags, finished=complete)
+
+
+def _promote(p: Prepared) -> dict[str, str]:
+    """A complete study's best model becomes `models:/STUDY@best` (sweep/tracking/registry.py);
+    every worker of a pool tries as it stops, under the study's lock, and the first one does it.
+    Returns tags for the parent run. Trouble is a warning: `sweep promote STUDY` tries again."""
+    from sweep.tracking import registry
+
+    try:
+        with study_lock(p.stores.optuna, p.cfg.study):
+            version, changed, trial = registry.promote_best(p.study, p.cfg.search.metrics, p.tracker.client)
+    except Exception as e:  # noqa: BLE001 - MlflowException, SweepError, requests errors
+        log.warning("could not register the best model as %s@%s: %s; `sweep promote %s` tries again",
+                    p.cfg.study, registry.ALIAS, mask(str(e).splitlines()[0] if str(e) else type(e).__name__),
+                    p.cfg.study)
+        return {}
+    if changed:
+        log.info("best model: models:/%s@%s (registered model %s, version %s: trial %d)", p.cfg.study,
+                 registry.ALIAS, p.cfg.study, version.version, trial.number)
+    return {"sweep.best.registered": f"models:/{p.cfg.study}@{registry.ALIAS} (version {version.version})"}
 
 
 def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callbacks: Any, join: bool) -> None:
@@ -303,11 +334,15 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     def heartbeat(trial_id: int) -> Heartbeat:
         return Heartbeat(p.rdb, trial_id, interval)
 
+    callbacks = [progress.trial_done(shown, cfg.search.metrics, name)]
+    keeper = None if cfg.tracking.keep_models == "all" else Keeper(cfg, p.tracker, obj.RUN_ID)
     try:
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                        callbacks=[progress.trial_done(shown, cfg.search.metrics, name)])
+                        callbacks=[*callbacks, *([keeper] if keeper else [])])
+        if keeper is not None:
+            keeper(p.study)  # once more: other workers' last trials finished after this one's pass
     finally:
         shown.close()
 

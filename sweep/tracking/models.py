@@ -1,0 +1,108 @@
+"""Which trials keep their logged model (`tracking.keep_models`), and deleting the others' through MLflow.
+
+Every complete trial logs its Keras model (5.2 MB for the seed CNN on 28x28 inputs): a study of
+10,000 trials would write 50 GB, nearly all of it models of trials that lost. MLflow has no
+retention rule for logged models (what Ray Tune calls `CheckpointConfig(num_to_keep=...)`), so
+sweep owns this one: after each finished trial, the K best complete trials by the study's metric
+(with several metrics, the whole Pareto front) keep their model, and every other finished trial's
+model is deleted through MLflow's own API: its files through the artifact repository MLflow gives
+for the model's location (a local folder, or the tracking server's proxied store under `sweep
+server`), then the LoggedModel itself (`MlflowClient.delete_logged_model`). Params, metrics,
+curves and plots stay, and the run is tagged with why its model went. A model that a version in
+the Model Registry was registered from stays: the version reads its files.
+
+A trial outside the K best can never re-enter them (a finished trial's value is fixed and trials
+are only added), so a pass that saw fewer finished trials never deletes a model that should stay;
+models of running trials are never touched. Deletions go through the tracker's sender, after the
+model uploads queued before them, and are retried like any MLflow call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from sweep.config import StudyConfig
+    from sweep.tracking.runs import Tracker
+
+log = logging.getLogger(__name__)
+
+DELETED_TAG = "sweep.model_deleted"  # on a trial's run: why its model is gone
+
+
+def kept(study: optuna.Study, trials: Iterable[FrozenTrial], keep: int | str) -> set[int]:
+    """The numbers of the finished trials whose model stays: the `keep` best complete ones (ties:
+    the earlier trial), or for several metrics the Pareto front; every complete one for `all`."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    if keep == "all":
+        return {t.number for t in complete}
+    if len(study.directions) > 1:
+        return {t.number for t in study.best_trials}
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    ranked = sorted(complete, key=lambda t: (sign * t.value, t.number))
+    return {t.number for t in ranked[: int(keep)]}
+
+
+class Keeper:
+    """An Optuna-style callback `(study, trial)` that a worker runs after each finished trial."""
+
+    def __init__(self, cfg: StudyConfig, tracker: Tracker, run_id_attr: str) -> None:
+        self.keep = cfg.tracking.keep_models
+        self.tracker = tracker
+        self.run_id_attr = run_id_attr
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+        from optuna.trial import TrialState
+
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                            TrialState.FAIL))
+        stay = kept(study, finished, self.keep)
+        drop = {t.user_attrs[self.run_id_attr]: t.number for t in finished
+                if t.number not in stay and t.user_attrs.get(self.run_id_attr)}
+        if drop:
+            self.tracker.sender.submit(lambda: self._delete(drop), "deleting models that fell out")
+
+    def _delete(self, drop: dict[str, int]) -> None:
+        """Delete the models whose source run is in `drop` (run id -> trial number); safe to repeat."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        from sweep.tracking.registry import registered_model_ids
+
+        client = self.tracker.client
+        # a model version registered from a logged model reads its files: a model once promoted
+        # to `models:/STUDY@best` (sweep.tracking.registry) keeps them
+        registered = registered_model_ids(client, self.tracker.study_name)
+        for model in self._models():
+            if model.source_run_id not in drop or model.model_id in registered:
+                continue
+            # the files first: a model whose entity is gone would no longer be listed here, and its
+            # files would stay behind for good
+            get_artifact_repository(model.artifact_location).delete_artifacts()
+            try:
+                client.delete_logged_model(model.model_id)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # another worker was first
+                    raise
+            client.set_tag(model.source_run_id, DELETED_TAG,
+                           f"{model.model_id}: not kept (tracking.keep_models: {self.keep})")
+            log.info("deleted the model of trial %d (%s): tracking.keep_models is %s",
+                     drop[model.source_run_id], model.model_id, self.keep)
+
+    def _models(self) -> list[Any]:
+        """Every logged model of the study's experiment: at most K plus those not yet judged."""
+        out, token = [], None
+        while True:
+            page = self.tracker.client.search_logged_models(experiment_ids=[self.tracker.experiment_id],
+                                                            max_results=500, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out

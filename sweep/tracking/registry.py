@@ -1,0 +1,120 @@
+"""The best trial's model in the MLflow Model Registry: one registered model per study, alias `best`.
+
+MLflow's own advice for "the model a sweep found" is one registered model whose alias names the
+current choice (mlflow/mlflow #10530, #1735): each promotion registers the trial's logged model as
+a new version of the registered model named like the study, tagged with the trial number, its
+params, metric and value, and moves the alias `best` to it. `models:/STUDY@best` then always loads
+the study's best model, and the versions keep the history of what was promoted when.
+Promoting the trial the alias already points at does nothing, so every worker of a pool may
+promote as it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sweep.errors import SweepError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger(__name__)
+
+ALIAS = "best"
+TRIAL_TAG = "sweep.trial"
+
+
+def current(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version the alias points at, or None (no registered model or no alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def registered_model_ids(client: MlflowClient, name: str) -> set[str]:
+    """The logged models that some version of `name` was registered from (their files must stay)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return set()
+        raise
+    return {v.model_id for v in versions if getattr(v, "model_id", None)}
+
+
+def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str, metric: str,
+            run_id: str | None) -> tuple[ModelVersion, bool]:
+    """Register `trial`'s model (`model_uri`, `models:/m-...`) as a version of the registered model
+    `study` and point the alias `best` at it. Returns (the version, whether anything changed)."""
+    from mlflow.exceptions import MlflowException
+
+    now = current(client, study)
+    if now is not None and now.tags.get(TRIAL_TAG) == str(trial.number) and now.source == model_uri:
+        return now, False
+    try:
+        client.create_registered_model(
+            study, tags={"sweep.study": study},
+            description=f"The best model of sweep study {study!r}: alias @{ALIAS} moves to each better trial.")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    tags: dict[str, Any] = {TRIAL_TAG: str(trial.number), "sweep.metric": metric}
+    if trial.value is not None:
+        tags["sweep.value"] = repr(float(trial.value))
+    tags.update({f"sweep.param.{k}": str(v) for k, v in trial.params.items()})
+    for k in ("test_accuracy", "test_loss"):
+        if trial.user_attrs.get(k) is not None:
+            tags[f"sweep.{k}"] = repr(float(trial.user_attrs[k]))
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    try:
+        version = client.create_model_version(study, source=model_uri, run_id=run_id, tags=tags,
+                                              model_id=model_id)
+    except MlflowException as e:
+        raise SweepError(f"registering the model of trial {trial.number} ({model_uri}) as {study!r} failed: "
+                         f"{str(e).splitlines()[0]}") from None
+    client.set_registered_model_alias(study, ALIAS, version.version)
+    log.info("registered model %s version %s (trial %d, %s=%s) is now @%s", study, version.version,
+             trial.number, metric, trial.value, ALIAS)
+    return version, True
+
+
+def promote_best(study: Any, metrics: list[str], client: MlflowClient, trial: int | None = None
+                 ) -> tuple[ModelVersion, bool, FrozenTrial]:
+    """Promote the study's best trial (or trial number `trial`): its logged model becomes
+    `models:/STUDY@best`. A study of several metrics has no single best: name a trial."""
+    from optuna.trial import TrialState
+
+    from sweep.record import MODEL_URI, RUN_ID
+
+    name = study.study_name
+    if trial is None:
+        if len(metrics) > 1:
+            raise SweepError(f"study {name!r} has several metrics and no single best trial; pass --trial "
+                             "with one of its Pareto front (sweep best shows it)")
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise SweepError(f"study {name!r} has no complete trial yet: nothing to promote")
+        t = study.best_trial
+    else:
+        t = next((x for x in study.get_trials(deepcopy=False) if x.number == trial), None)
+        if t is None or t.state != TrialState.COMPLETE:
+            state = "no such trial" if t is None else t.state.name
+            raise SweepError(f"study {name!r} trial {trial}: only a complete trial can be promoted ({state})")
+    run_id = t.user_attrs.get(RUN_ID)
+    uri = t.user_attrs.get(MODEL_URI)
+    if not uri and run_id:
+        # the upload outlasted the trial's wait: the run's tag has the URI
+        uri = client.get_run(run_id).data.tags.get("sweep.model_uri")
+    if not uri:
+        raise SweepError(f"trial {t.number} of study {name!r} has no logged model to register")
+    version, changed = promote(client, name, t, uri, metrics[0] if len(metrics) == 1 else ",".join(metrics), run_id)
+    return version, changed, t
