@@ -95,6 +95,9 @@ def test_keep_models_2_leaves_the_two_best_models(where: str, tmp_path: Path, ti
 
     best = sweep.load_model(name, storage=storage, tracking_uri=tracking)
     assert best.count_params() > 0
+    # the completed study registered its best model (sweep/tracking/registry.py), here too
+    registered = client.get_model_version_by_alias(name, "best")
+    assert registered.tags["sweep.trial"] == str(study.best_trial.number)
     dropped = min(set(range(6)) - best_two)
     with pytest.raises(sweep.SweepError, match=r"tracking.keep_models: 2"):
         sweep.load_model(name, trial=dropped, storage=storage, tracking_uri=tracking)
