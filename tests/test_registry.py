@@ -96,3 +96,15 @@ def test_promote_moves_the_alias_and_a_completed_study_takes_it_back(tmp_path: P
 
     bad = _cli(["promote", "moves", "--trial", "99"], tmp_path, storage, tracking)
     assert bad.returncode != 0 and "trial 99" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_best_and_promote_before_any_trial_completed_say_so(tmp_path: Path, tiny_npz: Path) -> None:
+    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    d = study_dict(tiny_npz)
+    d["study"] = "empty"
+    study = sweep.run(write_study(tmp_path, d), storage=storage, tracking_uri=tracking, n_trials=0)
+    assert {t.state.name for t in study.trials} == {"WAITING"}  # the plan enqueued, nothing run
+    for args, words in ((["best", "empty"], "no completed trial yet"),
+                        (["promote", "empty"], "no complete trial yet: nothing to promote")):
+        r = _cli(args, tmp_path, storage, tracking)
+        assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -101,9 +101,10 @@ def promote_best(study: Any, metrics: list[str], client: MlflowClient, trial: in
         if len(metrics) > 1:
             raise SweepError(f"study {name!r} has several metrics and no single best trial; pass --trial "
                              "with one of its Pareto front (sweep best shows it)")
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise SweepError(f"study {name!r} has no complete trial yet: nothing to promote")
-        t = study.best_trial
+        try:
+            t = study.best_trial  # one query in Optuna's RDB storage, not every trial
+        except ValueError:
+            raise SweepError(f"study {name!r} has no complete trial yet: nothing to promote") from None
     else:
         t = next((x for x in study.get_trials(deepcopy=False) if x.number == trial), None)
         if t is None or t.state != TrialState.COMPLETE:
