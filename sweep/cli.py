@@ -278,7 +278,10 @@ def promote(
         typer.echo(json.dumps(out))
         return
     what = "is now" if out["changed"] else "already was"
-    typer.echo(f"trial {out['trial']} (value {out['value']:.4f}) {what} {out['model_uri']}: registered model "
+    value = out["value"]
+    shown = (", ".join(f"{m} {v:.4f}" for m, v in value.items()) if isinstance(value, dict)
+             else f"value {value:.4f}")
+    typer.echo(f"trial {out['trial']} ({shown}) {what} {out['model_uri']}: registered model "
                f"{out['name']}, version {out['version']}, from {out['source']}")
 
 

@@ -157,7 +157,8 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     of the registered model named like the study, with the alias `best`: afterwards
     `mlflow.pyfunc.load_model("models:/STUDY@best")` loads it. A study does this itself when it
     completes; this is for any time (a trial of a Pareto front, or after a failed attempt).
-    Returns what was registered: name, version, alias, trial, value, model_uri, changed."""
+    Returns what was registered: name, version, alias, trial, value (a dict by metric for a study
+    of several), model_uri, source, changed, tracking_uri."""
     from mlflow import MlflowClient
 
     from sweep.tracking import registry
@@ -173,9 +174,10 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     except Exception as e:  # noqa: BLE001 - MlflowException, requests errors
         raise SweepError(f"registering the model of study {study!r} in {mask(tracking)} failed: "
                          f"{mask(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+    values = dict(zip(cfg.search.metrics, t.values))
     return {"name": study, "version": int(version.version), "alias": registry.ALIAS, "trial": t.number,
-            "value": t.value, "model_uri": f"models:/{study}@{registry.ALIAS}", "source": version.source,
-            "changed": changed, "tracking_uri": mask(tracking)}
+            "value": t.values[0] if len(values) == 1 else values, "model_uri": f"models:/{study}@{registry.ALIAS}",
+            "source": version.source, "changed": changed, "tracking_uri": mask(tracking)}
 
 
 def trials(study: str, storage: str | None = None) -> pd.DataFrame:

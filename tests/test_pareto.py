@@ -185,6 +185,18 @@ def test_two_objective_study_end_to_end(tmp_path: Path, optuna_url: str, trackin
         assert logged["objective_value/val_accuracy"] == pytest.approx(t.values[0])
         assert logged["objective_value/epoch_seconds"] == pytest.approx(t.values[1])
         assert "objective_value" not in logged
+    # the models kept are the front's (tracking.keep_models, default 3: for two metrics, the front)
+    exp = client.get_experiment_by_name("pareto-tiny")
+    kept = {m.source_run_id for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    assert kept == {best[n].user_attrs[RUN_ID] for n in members}
+    # no single best to register: a member of the front is promoted by number
+    with pytest.raises(sweep.SweepError, match="several metrics and no single best"):
+        sweep.promote("pareto-tiny", storage=optuna_url, tracking_uri=tracking_uri)
+    chosen = front["pareto"][0]
+    promoted = sweep.promote("pareto-tiny", trial=chosen["trial"], storage=optuna_url, tracking_uri=tracking_uri)
+    assert promoted["value"] == chosen["values"] and promoted["changed"]
+    version = client.get_model_version_by_alias("pareto-tiny", "best")
+    assert float(version.tags["sweep.value.epoch_seconds"]) == pytest.approx(chosen["values"]["epoch_seconds"])
     # sync reads trial.values under the same names: MLflow already has everything, nothing is written
     counts = sync("pareto-tiny", storage=optuna_url, tracking_uri=tracking_uri)
     assert (counts["trials"], counts["metrics_logged"], counts["runs_created"]) == (5, 0, 0)

@@ -1,5 +1,6 @@
 """Datasets in, arrays out: loaded once per worker (`load`), turned into `tf.data` pipelines per
-trial (`pipelines`; Keras PyDatasets without TensorFlow). Nothing here knows about models, Optuna or MLflow."""
+trial (`pipelines`; Keras PyDatasets without TensorFlow). Nothing here knows about models, Optuna
+or MLflow."""
 
 from __future__ import annotations
 

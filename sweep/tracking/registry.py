@@ -52,7 +52,7 @@ def registered_model_ids(client: MlflowClient, name: str) -> set[str]:
     return {v.model_id for v in versions if getattr(v, "model_id", None)}
 
 
-def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str, metric: str,
+def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str, metrics: list[str],
             run_id: str | None) -> tuple[ModelVersion, bool]:
     """Register `trial`'s model (`model_uri`, `models:/m-...`) as a version of the registered model
     `study` and point the alias `best` at it. Returns (the version, whether anything changed)."""
@@ -68,9 +68,11 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    tags: dict[str, Any] = {TRIAL_TAG: str(trial.number), "sweep.metric": metric}
-    if trial.value is not None:
-        tags["sweep.value"] = repr(float(trial.value))
+    tags: dict[str, Any] = {TRIAL_TAG: str(trial.number), "sweep.metric": ",".join(metrics)}
+    values = trial.values or []  # `trial.value` raises for a trial of several metrics
+    tags.update({f"sweep.value.{m}": repr(float(v)) for m, v in zip(metrics, values)})
+    if len(values) == 1:
+        tags["sweep.value"] = repr(float(values[0]))
     tags.update({f"sweep.param.{k}": str(v) for k, v in trial.params.items()})
     for k in ("test_accuracy", "test_loss"):
         if trial.user_attrs.get(k) is not None:
@@ -83,8 +85,8 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
         raise SweepError(f"registering the model of trial {trial.number} ({model_uri}) as {study!r} failed: "
                          f"{str(e).splitlines()[0]}") from None
     client.set_registered_model_alias(study, ALIAS, version.version)
-    log.info("registered model %s version %s (trial %d, %s=%s) is now @%s", study, version.version,
-             trial.number, metric, trial.value, ALIAS)
+    log.info("registered model %s version %s (trial %d, %s) is now @%s", study, version.version,
+             trial.number, ", ".join(f"{m}={v}" for m, v in zip(metrics, values)), ALIAS)
     return version, True
 
 
@@ -117,5 +119,5 @@ def promote_best(study: Any, metrics: list[str], client: MlflowClient, trial: in
         uri = client.get_run(run_id).data.tags.get("sweep.model_uri")
     if not uri:
         raise SweepError(f"trial {t.number} of study {name!r} has no logged model to register")
-    version, changed = promote(client, name, t, uri, metrics[0] if len(metrics) == 1 else ",".join(metrics), run_id)
+    version, changed = promote(client, name, t, uri, list(metrics), run_id)
     return version, changed, t
