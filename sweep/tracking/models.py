@@ -97,7 +97,8 @@ class Keeper:
                      drop[model.source_run_id], model.model_id, self.keep)
 
     def _models(self) -> list[Any]:
-        """Every logged model of the study's experiment: at most K plus those not yet judged."""
+        """Every logged model of the study's experiment: the K kept, the registered ones and those
+        not judged yet, so a short list however long the study."""
         out, token = [], None
         while True:
             page = self.tracker.client.search_logged_models(experiment_ids=[self.tracker.experiment_id],
