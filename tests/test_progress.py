@@ -164,7 +164,8 @@ def test_terminal_shows_a_live_footer_and_leaves_clean_lines(tmp_path: Path, tin
     assert all(re.match(TIME, line) for line in screen), screen
     assert [re.sub(TIME, "", line).split(" ")[0:3] for line in screen if " COMPLETE " in line] == [
         ["trial", "0", "COMPLETE"], ["trial", "1", "COMPLETE"]]
-    assert "1/2 done" in screen[-3] and "2/2 done" in screen[-2] and screen[-1].endswith("shows the best")
+    assert "1/2 done" in screen[-4] and "2/2 done" in screen[-3] and screen[-1].endswith("shows the best")
+    assert "best model: models:/live@best (registered model live, version 1: trial " in screen[-2]
     assert "oneDNN" not in out and "absl" not in out and "epoch 1/2:" not in out  # epoch lines are -v's
 
 

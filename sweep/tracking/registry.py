@@ -85,7 +85,7 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
         raise SweepError(f"registering the model of trial {trial.number} ({model_uri}) as {study!r} failed: "
                          f"{str(e).splitlines()[0]}") from None
     client.set_registered_model_alias(study, ALIAS, version.version)
-    log.info("registered model %s version %s (trial %d, %s) is now @%s", study, version.version,
+    log.debug("registered model %s version %s (trial %d, %s) is now @%s", study, version.version,
              trial.number, ", ".join(f"{m}={v}" for m, v in zip(metrics, values)), ALIAS)
     return version, True
 
