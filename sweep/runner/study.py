@@ -336,11 +336,13 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
 
     callbacks = [progress.trial_done(shown, cfg.search.metrics, name)]
     keeper = None if cfg.tracking.keep_models == "all" else Keeper(cfg, p.tracker, obj.RUN_ID)
+    if keeper is not None:
+        callbacks.append(keeper)
     try:
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                        callbacks=[*callbacks, *([keeper] if keeper else [])])
+                        callbacks=callbacks)
         if keeper is not None:
             keeper(p.study)  # once more: other workers' last trials finished after this one's pass
     finally:
