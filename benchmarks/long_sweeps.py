@@ -1,7 +1,12 @@
-"""Long sweeps stay bounded: what a study leaves on disk with and without `tracking.keep_models`,
-and how long the read commands take on a study of 10,000 trials.
+"""Long sweeps stay bounded: the memory of a long study with and without the hand-over to fresh
+processes, what a study leaves on disk with and without `tracking.keep_models`, and how long the
+read commands take on a study of 10,000 trials.
 
-    python benchmarks/long_sweeps.py [--parts disk,reads] [--trials 20] [--keep 3] [--big 10000]
+    python benchmarks/long_sweeps.py [--parts memory,disk,reads] [--memory-trials 500] [--trials 20]
+                                     [--keep 3] [--big 10000]
+
+memory: the study below with `--memory-trials` trials, run twice (the default hand-over; none),
+the resident memory of `sweep run`'s processes read after each trial's line.
 
 The study is the issue's: scikit-learn's digits at 28x28 (no download), the seed CNN, 1 epoch a
 trial, random search over five activations, `sweep run` on the embedded stores (SQLite, artifacts
@@ -85,20 +90,85 @@ def reads(big: int) -> None:
                           for _ in range(big)])
         print(f"study of {len(study.trials)} trials built in {time.perf_counter() - t0:.0f} s")
         rows = []
-        for cmd in (["--help"], ["best", "big"], ["status", "big"], ["trials", "big"], ["compare", "big"]):
+
+        def timed(cmd: list[str], label: str, env: dict[str, str] = ENV, repeat: int = 3) -> None:
             times = []
-            for _ in range(3):
+            for _ in range(repeat):
                 t0 = time.perf_counter()
-                r = subprocess.run([sys.executable, "-m", "sweep", *cmd], cwd=folder, env=ENV, capture_output=True,
+                r = subprocess.run([sys.executable, "-m", "sweep", *cmd], cwd=folder, env=env, capture_output=True,
                                    text=True)
                 times.append(time.perf_counter() - t0)
                 if r.returncode != 0:
                     raise SystemExit(f"sweep {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-            rows.append((" ".join(cmd), statistics.median(times)))
+            rows.append((label, statistics.median(times)))
+
+        for cmd in (["--help"], ["best", "big"], ["status", "big"], ["trials", "big"], ["compare", "big"]):
+            timed(cmd, " ".join(cmd))
+        # the same `best` where a settings file is read (validated with pydantic), as in the repository
+        (folder / "settings.yaml").write_text(f"optuna_storage: sqlite:///{folder / 'sweep-optuna.db'}\n")
+        timed(["best", "big"], "best big, mlflow.yaml", {**ENV, "SWEEP_CONFIG": str(folder / "settings.yaml")})
+        # a run of the complete study: nothing to train; it rewrites the parent run's summary
+        timed(["run", "big"], "run big (complete)", repeat=1)
         help_s = rows[0][1]
-        print(f"{'command':<14}  {'median s':>8}  {'vs --help':>9}")
+        print(f"{'command':<22}  {'median s':>8}  {'vs --help':>9}")
         for name, t in rows:
-            print(f"{name:<14}  {t:>8.2f}  {t / help_s:>9.1f}")
+            print(f"{name:<22}  {t:>8.2f}  {t / help_s:>9.1f}")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{folder / 'sweep-mlflow.db'}")
+        parent = client.get_run(study.user_attrs["sweep.mlflow_parent_run_id"])
+        print(f"parent run: {parent.info.status}; " + ", ".join(
+            f"{k} {v:g}" for k, v in sorted(parent.data.metrics.items()) if k.startswith(("trials_", "best_")))
+            + f"; sweep.best.trial {parent.data.tags.get('sweep.best.trial')}")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (the supervisor and its trial process),
+    walked through Linux's /proc/PID/task/TID/children."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            rss = next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+            total += int(rss.split()[1]) / 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def memory(trials: int, marks: list[int]) -> None:
+    """`sweep run` of `trials` 1-epoch digits trials with the default hand-over and with it off
+    (`workers: {trials_per_process: null, max_memory_growth_mb: null}`, all trials in one process):
+    the resident memory of the command's processes right after each trial's line."""
+    import re
+
+    runs = {}
+    for label, settings in (("default hand-over", None),
+                            ("no hand-over", "workers: {trials_per_process: null, max_memory_growth_mb: null}\n")):
+        with tempfile.TemporaryDirectory(prefix="sweep-memory-") as tmp:
+            folder = Path(tmp)
+            if settings:
+                (folder / "mlflow.yaml").write_text(settings)
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study(folder, trials, 3))], cwd=folder,
+                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            after: dict[int, float] = {}
+            for line in proc.stdout:
+                if re.search(r"trial \d+ (COMPLETE|PRUNED|FAIL)", line):
+                    after[len(after) + 1] = tree_rss_mb(proc.pid)
+                    if len(after) in marks:
+                        print(f"  {label}: after trial {len(after)}: {after[len(after)]:.0f} MB", flush=True)
+            if proc.wait() != 0:
+                raise SystemExit(f"sweep run failed ({proc.returncode})")
+            runs[label] = (after, time.perf_counter() - t0)
+    print(f"{'':<18}" + "".join(f"{'after ' + str(m):>11}" for m in marks) + f"{'max':>8}{'wall s':>8}")
+    for label, (after, wall) in runs.items():
+        print(f"{label:<18}" + "".join(f"{after.get(m, float('nan')):>9.0f}MB" for m in marks)
+              + f"{max(after.values()):>6.0f}MB{wall:>8.0f}")
+        if 5 in after and trials in after:
+            print(f"{'':<18}after trial {trials} - after trial 5: {after[trials] - after[5]:+.0f} MB")
 
 
 def main() -> None:
@@ -106,8 +176,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--keep", type=int, default=3)
     ap.add_argument("--big", type=int, default=10000, help="trials in the reads study")
-    ap.add_argument("--parts", default="disk,reads")
+    ap.add_argument("--parts", default="disk,reads", help="any of memory, disk, reads")
+    ap.add_argument("--memory-trials", type=int, default=500)
     args = ap.parse_args()
+    if "memory" in args.parts:
+        marks = sorted({m for m in (5, 50, 100, 200, 300, 400, 500, args.memory_trials) if m <= args.memory_trials})
+        memory(args.memory_trials, marks)
     if "reads" in args.parts:
         reads(args.big)
     if "disk" not in args.parts:

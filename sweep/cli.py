@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from sweep.errors import SweepError
+from sweep.runner.handover import HANDOVER_EXIT, HandOver
 
 app = typer.Typer(
     help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
@@ -96,10 +97,19 @@ def _setup_logging(verbose: bool, console: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+    if not (console or verbose):
+        # the read commands: Optuna (0.3 s to import) logs nothing of its own at INFO when reading
+        # a study, and `sweep best` often needs no Optuna at all (sweep/peek.py)
+        return
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     optuna.logging.get_logger("optuna").addFilter(_DropTraceback())
+    if not verbose:
+        # "5 out of the last 11 calls ... triggered tf.function retracing": every trial builds a new
+        # model, so every trial traces its own functions; by design, not the user's to act on
+        logging.getLogger("tensorflow").addFilter(
+            lambda r: "triggered tf.function retracing" not in r.getMessage())
 
 
 @contextlib.contextmanager
@@ -114,6 +124,8 @@ def _guard() -> Iterator[None]:
         typer.echo("interrupted: finished trials are saved; run the same command again to resume",
                    err=True)
         raise typer.Exit(128 + getattr(e, "signum", 2)) from None
+    except HandOver:
+        raise typer.Exit(HANDOVER_EXIT) from None  # its supervisor starts a fresh process
 
 
 @app.command()
@@ -132,6 +144,10 @@ def run(
 
     On a terminal: a live view of the running trial(s) (epoch, batch, loss, metric, ETA) under one
     line per finished trial. In a pipe or a log file: one whole line per epoch and per trial."""
+    if workers == 1:
+        code = _in_child(["run", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
+        if code is not None:
+            raise typer.Exit(code)
     _setup_logging(verbose, console=True)
     with _guard():
         if workers > 1:
@@ -146,6 +162,39 @@ def run(
         waiting = sum(t.state.name == "WAITING" for t in trials)
         log.info("done: %d trial(s) finished in study %s%s; `sweep best %s` shows the best", len(done(trials)),
                  s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
+
+
+def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
+              threads: Optional[int], config: Optional[str], verbose: bool) -> Optional[int]:
+    """The trials of `sweep run`/`sweep worker` run in a child process that hands over to a fresh
+    one at its memory bound (sweep/runner/handover.py); this process only restarts it. Returns
+    the child's exit code, or None when this process is that child (or the bound is off) and
+    runs the trials itself. Store URLs go to the child in its environment, not on its command line."""
+    from sweep.runner import handover
+
+    if handover.supervised():
+        handover.die_with_supervisor()
+        return None
+    with _guard():
+        from sweep.storage import ENV_OPTUNA, ENV_TRACKING, settings
+
+        ws = settings(config).workers
+        if ws.trials_per_process is None and ws.max_memory_growth_mb is None:
+            return None
+        from sweep.runner.pool import supervise
+        from sweep.runner.worker import stop_on_signals
+
+        env = dict(os.environ)
+        if storage:
+            env[ENV_OPTUNA] = storage
+        if tracking_uri:
+            env[ENV_TRACKING] = tracking_uri
+        argv = [*argv, *(["--n-trials", str(n_trials)] if n_trials else []),
+                *(["--threads-per-worker", str(threads)] if threads else []),
+                *(["--config", config] if config else []), *(["-v"] if verbose else [])]
+        with stop_on_signals():
+            return supervise(argv, env)
+    return None  # unreachable: _guard exits
 
 
 def _use_threads(threads: Optional[int]) -> None:
@@ -196,6 +245,9 @@ def worker(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Join a running study from any machine; exits 0 once the study has what it needs."""
+    code = _in_child(["worker", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
+    if code is not None:
+        raise typer.Exit(code)
     _setup_logging(verbose, console=True)
     with _guard():
         _use_threads(threads_per_worker)
@@ -295,12 +347,10 @@ def trials(
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
     _setup_logging(verbose)
     with _guard():
-        from sweep.results import trials as trials_df
+        from sweep.results import trials_table
 
-        df = trials_df(study, storage=storage)
-    keep = [c for c in ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init",
-                        "prelu_shared_axes", "seed", "worker", "mlflow_run_id", "fail_reason") if c in df]
-    typer.echo(df[keep].to_string(index=False))
+        df = trials_table(study, storage=storage)
+    typer.echo(df.to_string(index=False))
 
 
 MetricOpt = typer.Option("test_accuracy", "--metric", help="test_accuracy, test_loss, or the study's own metric")
@@ -382,6 +432,31 @@ def server(
         server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
         code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
     raise typer.Exit(code)
+
+
+@app.command()
+def schema(
+    storage: Optional[str] = StorageOpt,
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="MLflow's database [env MLFLOW_BACKEND_STORE_URI; server.backend_store_uri; "
+        "default sqlite:///sweep-mlflow.db]; keep passwords off the command line: use mlflow.yaml with ${VAR}"),
+    config: Optional[str] = ConfigOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Create or upgrade the schemas of MLflow's backend store and Optuna's storage, then exit.
+
+    Run it once before workers start (the Kubernetes schema Job does): they then never race to
+    create tables. `sweep server` does the same each time it starts."""
+    _setup_logging(verbose)
+    with _guard():
+        from sweep.server import upgrade_schemas
+        from sweep.storage import ENV_BACKEND, mask, resolve, settings
+
+        backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
+                   or settings(config).server.backend_store_uri)
+        optuna_url = resolve(storage=storage, config=config).optuna
+        upgrade_schemas(backend, optuna_url)
+    log.info("schemas up to date: MLflow %s, Optuna %s", mask(backend), mask(optuna_url))
 
 
 @app.command()

@@ -648,7 +648,15 @@ def read_yaml(path: str | Path, what: str = "a study YAML file such as studies/q
 
 
 def load(path: str | Path) -> StudyConfig:
-    """Read and validate a study file."""
+    """Read and validate a study file, or the one study file in a folder (a Kubernetes ConfigMap
+    mounted as a volume: `kubectl create configmap study --from-file=studies/x.yaml`)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+        if len(found) != 1:
+            raise ConfigError(str(path), [f"expected a folder holding one study file (*.yaml), "
+                                          f"found {len(found)}: {', '.join(p.name for p in found) or 'none'}"])
+        path = found[0]
     return parse(read_yaml(path), str(path))
 
 
@@ -675,6 +683,10 @@ class ServerSettings(Strict):
     allowed_hosts: str | None = None
 
 
+TRIALS_PER_PROCESS = 100
+MAX_MEMORY_GROWTH_MB = 250.0
+
+
 class WorkerSettings(Strict):
     """How workers keep a study honest when one of them, or the database, goes away."""
 
@@ -683,6 +695,11 @@ class WorkerSettings(Strict):
     grace_period: int = Field(60, ge=2)
     max_retry: int = Field(2, ge=0)  # how often one trial is queued again after its worker died
     storage_outage: float = Field(120.0, gt=0)  # seconds a worker waits for the database to return
+    # a trial process hands over to a fresh one (sweep/runner/handover.py) after this many trials,
+    # or once it grew this many MB past its size after its first trial; null: never. Chosen from
+    # benchmarks/README.md ("Memory over a long study"): TensorFlow keeps ~14 MB per model
+    trials_per_process: int | None = Field(TRIALS_PER_PROCESS, ge=1)
+    max_memory_growth_mb: float | None = Field(MAX_MEMORY_GROWTH_MB, gt=0)
 
     @model_validator(mode="after")
     def _grace(self) -> WorkerSettings:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sweep import config as config_mod
 from sweep.errors import SweepError
 from sweep.storage import mask, optuna_storage, resolve, sqlite_path
 
@@ -66,4 +65,11 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     raw = study.user_attrs.get(CONFIG_ATTR)
     if raw is None:
         raise SweepError(f"study {study.study_name!r} was not created by sweep (no stored config)")
-    return config_mod.parse(raw, f"study {study.study_name!r} (stored config)", stored=True)
+    return parse_stored(raw, study.study_name)
+
+
+def parse_stored(raw: dict, study: str) -> StudyConfig:
+    """A config stored with a study (as Optuna or sweep.peek read it), validated again."""
+    from sweep import config as config_mod
+
+    return config_mod.parse(raw, f"study {study!r} (stored config)", stored=True)

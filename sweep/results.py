@@ -28,30 +28,53 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     A study of several metrics has no single best trial: for it this returns `pareto_front`,
     a dict whose `pareto` lists the Pareto-optimal trials.
     """
-    s = load_study(study, storage)
-    cfg = stored_config(s)
-    if len(cfg.search.metrics) > 1:
-        _has_complete(s)
-        return _pareto(s, cfg, storage, tracking_uri)
-    best = best_trial(s)
-    attrs = best.user_attrs
+    stores = resolve(storage, tracking_uri)
+    quick = _peek_best(study, stores.optuna)
+    if quick is not None:
+        best, metric, direction, model, training = quick
+    else:
+        s = load_study(study, storage)
+        cfg = stored_config(s)
+        if len(cfg.search.metrics) > 1:
+            _has_complete(s)
+            return _pareto(s, cfg, storage, tracking_uri)
+        t = best_trial(s)
+        best = {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.user_attrs}
+        metric, direction, model, training = (cfg.search.metric, cfg.search.direction, cfg.model.spec(),
+                                              cfg.training.model_dump())
+    attrs = best["user_attrs"]
     return {
         "study": study,
-        "trial": best.number,
-        "value": best.value,
-        "metric": cfg.search.metric,
-        "direction": cfg.search.direction,
-        "params": resolve_params(best.params),
+        "trial": best["number"],
+        "value": best["value"],
+        "metric": metric,
+        "direction": direction,
+        "params": resolve_params(best["params"]),
         "seed": attrs.get(obj.SEED),
         "mlflow_run_id": attrs.get(obj.RUN_ID),
         "mlflow_model_uri": attrs.get(obj.MODEL_URI),
-        "tracking_uri": mask(resolve(storage, tracking_uri).tracking),
-        "model": cfg.model.spec(),
+        "tracking_uri": mask(stores.tracking),
+        "model": model,
         "input_shape": attrs.get("input_shape"),
         "num_classes": attrs.get("num_classes"),
         "test_accuracy": attrs.get("test_accuracy"),
-        "training": cfg.training.model_dump(),
+        "training": training,
     }
+
+
+def _peek_best(study: str, url: str) -> tuple[dict[str, Any], str, str, dict, dict] | None:
+    """`sweep best` without opening Optuna's storage (sweep/peek.py): the best trial, the metric,
+    its direction, the model and training sections, when the stored config is the one this
+    version of sweep writes; None sends the caller through Optuna (messages, older configs)."""
+    from sweep import peek
+
+    best = peek.best(url, study)
+    config = (best or {}).get("config") or {}
+    metric = config.get("search", {}).get("metric")
+    if not best or not isinstance(metric, str) or not isinstance(config.get("model"), dict) \
+            or not isinstance(config.get("training"), dict) or "tracking" not in config:
+        return None
+    return best, metric, best["direction"], config["model"], config["training"]
 
 
 def pareto_front(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -178,6 +201,27 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     return {"name": study, "version": int(version.version), "alias": registry.ALIAS, "trial": t.number,
             "value": t.values[0] if len(values) == 1 else values, "model_uri": f"models:/{study}@{registry.ALIAS}",
             "source": version.source, "changed": changed, "tracking_uri": mask(tracking)}
+
+
+TABLE_COLUMNS = ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init", "prelu_shared_axes",
+                 "seed", "worker", "mlflow_run_id", "fail_reason")
+
+
+def trials_table(study: str, storage: str | None = None) -> pd.DataFrame:
+    """`sweep trials`: the columns of `TABLE_COLUMNS` a study has, one row per trial. Read as
+    columns from Optuna's tables (sweep/peek.py) where it can be, else from `trials()`."""
+    import pandas as pd
+
+    from sweep import peek
+
+    read = peek.trials(resolve(storage).optuna, study, ("seed", "worker", "mlflow_run_id", "fail_reason"))
+    rows = read[0] if read is not None else None
+    if rows and all(t.values is None or len(t.values) == 1 for t in rows):
+        df = pd.DataFrame([{"number": t.number, "state": t.state, "value": t.value, **t.params, **t.user_attrs}
+                           for t in rows])
+    else:  # no trial yet, or several metrics (Optuna's frame names a column per metric)
+        df = trials(study, storage)
+    return df[[c for c in TABLE_COLUMNS if c in df]]
 
 
 def trials(study: str, storage: str | None = None) -> pd.DataFrame:

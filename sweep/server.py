@@ -112,6 +112,17 @@ def migrate(backend_uri: str, optuna_storage: str | None) -> None:
         _run_tool([sys.executable, "-c", code], f"optuna storage upgrade --storage {mask(url)}", url)
 
 
+def upgrade_schemas(backend_store_uri: str, optuna_storage: str | None) -> str:
+    """Check both databases answer and are not one, then create or upgrade both schemas (`sweep
+    schema`, and every `sweep server` start). Returns the backend store URL as MLflow takes it."""
+    if optuna_storage:
+        # before either schema is written: both keep alembic's `alembic_version` table
+        check_separate(Stores(optuna=db_url(optuna_storage), tracking=db_url(backend_store_uri)))
+    backend = _check_backend(backend_store_uri)
+    migrate(backend, optuna_storage)
+    return backend
+
+
 def command(s: ServerSettings) -> list[str]:
     """`mlflow server` with every setting but the backend URI, which goes in $MLFLOW_BACKEND_STORE_URI."""
     cmd = [*_tool("mlflow"), "server", "--host", s.host, "--port", str(s.port), "--serve-artifacts",
@@ -127,11 +138,7 @@ def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path |
           timeout: float = 120.0) -> Server:
     """Validate, migrate, launch `mlflow server` and wait until `/health` answers."""
     check_port(s.host, s.port)
-    if optuna_storage:
-        # before either schema is written: both keep alembic's `alembic_version` table
-        check_separate(Stores(optuna=db_url(optuna_storage), tracking=db_url(s.backend_store_uri)))
-    backend = _check_backend(s.backend_store_uri)
-    migrate(backend, optuna_storage)
+    backend = upgrade_schemas(s.backend_store_uri, optuna_storage)
     dest = s.artifacts_destination
     if "://" not in dest:
         Path(dest).mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,21 @@ DEFAULT_MLFLOW_DB = "sweep-mlflow.db"
 ENV_OPTUNA = "SWEEP_OPTUNA_STORAGE"
 ENV_TRACKING = "MLFLOW_TRACKING_URI"
 ENV_CONFIG = "SWEEP_CONFIG"
+ENV_BACKEND = "MLFLOW_BACKEND_STORE_URI"
 DEFAULT_CONFIG = "mlflow.yaml"
+# What a deployment (docker-compose.yml, deploy/kubernetes) may set in the environment of sweep's
+# own processes, and where each is read; tests/test_kubernetes.py holds both to this list. A
+# settings file adds the names its `${VAR}`s expand (passwords from a Secret or .env).
+DEPLOY_ENV = {
+    ENV_OPTUNA: "the Optuna storage URL (sweep.storage.resolve)",
+    ENV_TRACKING: "the MLflow tracking URI (sweep.storage.resolve)",
+    ENV_CONFIG: "the settings file, mlflow.yaml (sweep.storage.settings)",
+    ENV_BACKEND: "MLflow's database, for `sweep schema` (the MLflow server's own name for it)",
+    "SWEEP_WORKER_NAME": "the worker's name on its trials (sweep.runner.worker)",
+    "TF_NUM_INTRAOP_THREADS": "TensorFlow threads per trial process (sweep.runner.pool)",
+    "MLFLOW_TRACKING_USERNAME": "MLflow basic auth, read by MLflow's client in sweep",
+    "MLFLOW_TRACKING_PASSWORD": "MLflow basic auth, read by MLflow's client in sweep",
+}
 SQL_BACKENDS = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "oracle": 1521}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -137,6 +151,8 @@ def db_url(url: str) -> str:
     SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, which is installed too, so the libraries'
     own tools (`optuna`, `mlflow server`) accept plain URLs; `postgresql+psycopg://` picks it here.
     """
+    if url.startswith("sqlite:") and "@" not in url:
+        return url  # nothing to pin or repair (and no SQLAlchemy import for `sweep best`)
     u, repaired = _parse(url)  # repaired: a password with a bare `@`, to be written out escaped
     if u is None or _backend(u) not in SQL_BACKENDS:
         return url
@@ -155,12 +171,13 @@ def settings(config: str | Path | None = None) -> ServiceSettings:
     """mlflow.yaml: the given path (must exist), else $SWEEP_CONFIG, else ./mlflow.yaml if present."""
     from sweep.config import ServiceSettings, load_settings
 
-    path = config or os.environ.get(ENV_CONFIG)
-    if path:
-        return load_settings(path)
-    if Path(DEFAULT_CONFIG).is_file():
-        return load_settings(DEFAULT_CONFIG)
-    return ServiceSettings()
+    path = _settings_file(config)
+    return load_settings(path) if path else ServiceSettings()
+
+
+def _settings_file(config: str | Path | None) -> str | Path | None:
+    """The settings file to read: the given path, else $SWEEP_CONFIG, else ./mlflow.yaml if present."""
+    return config or os.environ.get(ENV_CONFIG) or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
 
 
 def resolve(
@@ -168,14 +185,15 @@ def resolve(
 ) -> Stores:
     """Resolve both stores, highest first: argument (CLI flag) > environment variable >
     mlflow.yaml > SQLite files in the working directory."""
-    s = settings(config)
     where = os.environ.get(ENV_CONFIG) or config or DEFAULT_CONFIG
+    # no settings file: nothing to validate (and no pydantic import for `sweep best`)
+    s = settings(config) if _settings_file(config) else None
     optuna_url, optuna_from = _first((storage, "--storage"), (os.environ.get(ENV_OPTUNA), f"${ENV_OPTUNA}"),
-                                     (s.optuna_storage, f"{where} optuna_storage"),
+                                     (s and s.optuna_storage, f"{where} optuna_storage"),
                                      (_sqlite_file(DEFAULT_OPTUNA_DB), "the default"))
     tracking, tracking_from = _first((tracking_uri, "--tracking-uri"),
                                      (os.environ.get(ENV_TRACKING), f"${ENV_TRACKING}"),
-                                     (s.tracking_uri, f"{where} tracking_uri"),
+                                     (s and s.tracking_uri, f"{where} tracking_uri"),
                                      (_sqlite_file(DEFAULT_MLFLOW_DB), "the default"))
     stores = Stores(optuna=db_url(optuna_url), tracking=db_url(tracking))
     said = (stores, optuna_from, tracking_from)

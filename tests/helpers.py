@@ -140,3 +140,35 @@ def on_backend(backend: str) -> Any:
 
     param = pytest.param("postgresql", marks=pytest.mark.postgres) if backend == "postgresql" else backend
     return pytest.mark.parametrize("optuna_url", [param], indirect=True)
+
+
+def process_tree() -> dict[int, list[int]]:
+    """Every process's children, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    children = process_tree()
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

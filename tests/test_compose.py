@@ -28,7 +28,7 @@ def _compose() -> list[str]:
 def rendered(tmp_path: Path) -> dict:
     for name in ("docker-compose.yml", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "docker", tmp_path / "docker")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
     r = subprocess.run([*_compose(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -44,7 +44,7 @@ def test_stack_topology(rendered: dict) -> None:
         assert s[name]["healthcheck"]["test"]
     assert "/health" in " ".join(s["mlflow"]["healthcheck"]["test"])
     assert {"pgdata", "mlartifacts"} <= set(rendered["volumes"])
-    assert s["mlflow"]["build"]["dockerfile"] == "docker/mlflow.Dockerfile"
+    assert s["mlflow"]["build"]["dockerfile"] == "deploy/docker/mlflow.Dockerfile"
     assert s["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert s["worker"]["environment"]["SWEEP_OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")
     assert "--serve-artifacts" in s["mlflow"]["command"][-1]
@@ -59,7 +59,7 @@ def test_secrets_come_from_env_file_only(rendered: dict) -> None:
 
 def test_missing_password_is_refused(tmp_path: Path) -> None:
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
-    shutil.copytree(ROOT / "docker", tmp_path / "docker")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     r = subprocess.run([*_compose(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
     assert r.returncode != 0
@@ -67,7 +67,7 @@ def test_missing_password_is_refused(tmp_path: Path) -> None:
 
 
 def test_mlflow_image_bakes_the_driver() -> None:
-    text = (ROOT / "docker" / "mlflow.Dockerfile").read_text()
+    text = (ROOT / "deploy" / "docker" / "mlflow.Dockerfile").read_text()
     assert "psycopg2-binary" in text and "mlflow==3.17.2" in text
 
 
@@ -87,7 +87,7 @@ def test_postgres_init_script_creates_both_databases() -> None:
            "PGHOST": u.host or "127.0.0.1", "PGPORT": str(u.port or 5432), "SWEEP_DATABASES": " ".join(names)}
     if u.password:
         env["PGPASSWORD"] = u.password
-    r = subprocess.run(["sh", str(ROOT / "docker" / "postgres-init.sh")], env=env, capture_output=True, text=True)
+    r = subprocess.run(["sh", str(ROOT / "deploy" / "kubernetes" / "postgres" / "postgres-init.sh")], env=env, capture_output=True, text=True)
     engine = sa.create_engine(u, isolation_level="AUTOCOMMIT")
     try:
         assert r.returncode == 0, r.stderr

@@ -19,7 +19,8 @@ from urllib.parse import quote
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import (alive, descendants, free_port, postgres_database, skip_or_fail_without_postgres, study_dict,
+                     write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -123,29 +124,6 @@ def _training(storage: str, name: str, at_least: int = 1) -> list[optuna.trial.F
     return running if len(running) >= at_least else []
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _runs(tracking: str, experiment: str) -> tuple[Any, list[Any]]:
@@ -212,7 +190,7 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
     seen_cmdlines = []
     threads = {}  # worker pid -> TensorFlow's thread and GPU memory settings in its environment
     while proc.poll() is None:  # every process of the sweep, as `ps` would show it
-        for pid in [proc.pid, *_descendants(proc.pid)]:
+        for pid in [proc.pid, *descendants(proc.pid)]:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                 seen_cmdlines.append(cmdline)
@@ -266,6 +244,41 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
                                      for v in threads.values()), threads
 
 
+def test_pool_workers_hand_over_to_fresh_processes(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                   mlflow_server: str) -> None:
+    """Each of 2 workers gives way to a fresh process every 2 trials (sweep/runner/handover.py):
+    the study still trains exactly its 7 trials, one MLflow run each, under the two worker names."""
+    env = _env(optuna_pg, mlflow_server, _settings(tmp_path, trials_per_process=2))
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=7, seed=5, space={
+        "activation": ["leaky_relu"], "leaky_alpha": {"low": 0.01, "high": 0.5}})
+    d["study"] = "relay"
+    d["training"].update(epochs=1, batch_size=100)
+    proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "2"], env, tmp_path)
+    pids = set()
+    while proc.poll() is None:
+        pids |= {p for p in descendants(proc.pid) if "\0worker\0" in _cmdline(p)}
+        time.sleep(0.2)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert len(pids) >= 4, (pids, out)  # 7 trials, 2 a process: at least 4 processes
+
+    trials = _study(optuna_pg, "relay").get_trials()
+    assert [t.number for t in trials] == list(range(7)), out
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 7
+    assert {t.user_attrs[obj.WORKER] for t in trials} <= {"w0", "w1"}
+    _, runs = _runs(mlflow_server, "relay")
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs[obj.RUN_ID] for t in trials)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert out.count("trial(s) to run") == 2 and "Traceback" not in out  # once per worker, not per process
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # --- 5. Ctrl-C on `sweep run --workers 4` ---
 
 def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
@@ -276,15 +289,15 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     # its own process group, as a terminal's foreground job: Ctrl-C signals the whole group
     proc = _sweep(["run", str(path), "--workers", "4"], env, tmp_path, start_new_session=True)
     _wait_for("two trials mid-training", lambda: _training(optuna_pg, "ctrlc", at_least=2), proc)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # once
     out = _finish(proc, timeout=60)
     assert proc.returncode == 130, out
     assert "Traceback" not in out
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)], "orphan worker processes"
+    assert not [p for p in workers if alive(p)], "orphan worker processes"
 
     trials = _study(optuna_pg, "ctrlc").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -315,6 +328,30 @@ def test_sigterm_of_one_worker_marks_its_trial_interrupted(tmp_path: Path, tiny_
     assert t.state == TrialState.FAIL and t.user_attrs[obj.INTERRUPTED] is True
     run = MlflowClient(mlflow_server).get_run(t.user_attrs[obj.RUN_ID])
     assert run.info.status == "KILLED"
+
+
+def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:
+    """Ctrl-C landing in a weakref callback (SQLAlchemy has them) raises there, where Python only
+    prints "Exception ignored"; the worker would train on. It is delivered again, outside."""
+    import weakref
+
+    from sweep.runner.worker import Interrupted, stop_on_signals
+
+    class Thing:
+        pass
+
+    def finalizer(ref: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in here
+
+    with pytest.raises(Interrupted):
+        with stop_on_signals():
+            thing = Thing()
+            ref = weakref.ref(thing, finalizer)  # noqa: F841
+            del thing
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
 
 
 def test_workers_on_sqlite_are_refused(tmp_path: Path, tiny_npz: Path) -> None:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
+    from sweep.config import StudyConfig
+
 COLUMNS = ("config", "n", "mean", "std", "ci_low", "ci_high", "test", "n_tested", "diff", "diff_ci_low",
            "diff_ci_high", "p_value", "p_adjusted", "significant", "effect_measure", "effect_size",
            "effect_ci_low", "effect_ci_high", "mde", "repeats_needed", "verdict", "epoch_seconds",
@@ -336,25 +338,33 @@ def _design_line(c: Comparison) -> str:
             "(compared seed by seed), Welch's t-test where it does not.")
 
 
+# the trial attributes `trial_samples` reads (sweep/peek.py reads only these)
+SAMPLE_ATTRS = ("config_index", "seed", "mean_epoch_seconds", "test_accuracy", "test_loss")
+
+
 def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, str]:
     """The complete trials of a sweep study as samples: (frame, trials left out, direction).
 
     `metric` is a recorded test metric (`test_accuracy`, `test_loss`) or the study's own metric.
     """
-    import pandas as pd
-    from optuna.trial import TrialState
-
-    from sweep.record import CONFIG_INDEX
     from sweep.record import stored_config
 
-    cfg = stored_config(study)
-    every = study.get_trials(deepcopy=False)
-    done = [t for t in every if t.state == TrialState.COMPLETE]
+    return samples(study.get_trials(deepcopy=False), stored_config(study), study.study_name, metric)
+
+
+def samples(every: list[Any], cfg: StudyConfig, name: str, metric: str) -> tuple[pd.DataFrame, int, str]:
+    """`trial_samples` of `every` trial of the study `name`: Optuna's, or `sweep.peek.Brief`s."""
+    import pandas as pd
+
+    from sweep.record import CONFIG_INDEX
+    from sweep.runner.worker import state_name
+
+    done = [t for t in every if state_name(t) == "COMPLETE"]
     done.sort(key=lambda t: (t.user_attrs.get(CONFIG_INDEX, math.inf), t.number))
 
     objectives = cfg.search.metrics  # one metric, or several (a multi-objective study)
 
-    def value(t: optuna.trial.FrozenTrial) -> Any:
+    def value(t: Any) -> Any:
         if metric in t.user_attrs:
             return t.user_attrs[metric]
         return t.values[objectives.index(metric)] if metric in objectives and t.values else None
@@ -362,7 +372,7 @@ def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, 
     missing = [t.number for t in done if value(t) is None]
     if missing:
         known = sorted({"test_accuracy", "test_loss", *objectives})
-        raise SweepError(f"study {study.study_name!r}: trial(s) {missing[:5]} have no {metric!r}; "
+        raise SweepError(f"study {name!r}: trial(s) {missing[:5]} have no {metric!r}; "
                          f"pass --metric with one of: {', '.join(known)}")
     labels = config_labels([resolve_params(t.params) for t in done])
     frame = pd.DataFrame({
@@ -378,11 +388,17 @@ def trial_samples(study: optuna.Study, metric: str) -> tuple[pd.DataFrame, int, 
 def compare_study(study: optuna.Study, metric: str = "test_accuracy", baseline: str | None = None,
                   confidence: float = 0.95, correction: str = "holm", effect: float | None = None) -> Comparison:
     """`compare` on an already loaded study."""
-    frame, left_out, direction = trial_samples(study, metric)
+    return _compared(trial_samples(study, metric), study.study_name, metric, baseline, confidence, correction,
+                     effect)
+
+
+def _compared(sampled: tuple[pd.DataFrame, int, str], name: str, metric: str, baseline: str | None,
+              confidence: float, correction: str, effect: float | None) -> Comparison:
+    frame, left_out, direction = sampled
     if frame.empty:
-        raise SweepError(f"study {study.study_name!r} has no complete trial yet; run `sweep run` first")
+        raise SweepError(f"study {name!r} has no complete trial yet; run `sweep run` first")
     c = compare_samples(frame, baseline, metric, direction, confidence, correction, effect)
-    return dataclasses.replace(c, study=study.study_name, left_out=left_out)
+    return dataclasses.replace(c, study=name, left_out=left_out)
 
 
 def compare(study: str, storage: str | None = None, metric: str = "test_accuracy", baseline: str | None = None,
@@ -396,6 +412,14 @@ def compare(study: str, storage: str | None = None, metric: str = "test_accuracy
     baseline defaults to `relu` (else the first configuration).
     `format_comparison(result)` renders it; `result.table` is a DataFrame, `result.to_dict()` JSON.
     """
-    from sweep.record import load_study
+    from sweep import peek
+    from sweep.record import load_study, parse_stored
+    from sweep.storage import resolve
 
+    # the trials' few columns compare reads, straight from Optuna's tables where it can (peek.py)
+    read = peek.trials(resolve(storage).optuna, study, (*SAMPLE_ATTRS, metric))
+    if read is not None and read[1] is not None:
+        cfg = parse_stored(read[1], study)
+        return _compared(samples(read[0], cfg, study, metric), study, metric, baseline, confidence, correction,
+                         effect)
     return compare_study(load_study(study, storage), metric, baseline, confidence, correction, effect)

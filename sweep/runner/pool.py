@@ -1,4 +1,6 @@
-"""`sweep run --workers N`: N local `sweep worker` processes on one study.
+"""`sweep run --workers N`: N local `sweep worker` processes on one study, each restarted when it
+hands over to a fresh process at its memory bound (sweep/runner/handover.py); `supervise` does
+the same for the one process of a plain `sweep run` or `sweep worker`.
 
 The study is set up once here (validated, created, its parent run opened, the plan enqueued);
 the workers then only join it by name, exactly as `sweep worker` does on other machines. Store
@@ -9,17 +11,20 @@ killed process is the fault the heartbeat already covers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO
 
 from sweep.errors import ConfigError
+from sweep.runner.handover import ENV_STATE, ENV_SUPERVISOR, HANDOVER_EXIT
 from sweep.runner.progress import ENV_MODE, View, read_event
 from sweep.runner.worker import ENV_WORKER_NAME
 from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores, mask, scheme
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # after the first Ctrl-C/SIGTERM: time for workers to close their trials, then SIGKILL
 STOP_GRACE_SECONDS = 30.0
+POLL_SECONDS = 0.2  # how often the supervisor looks at its workers (a hand-over waits this long)
 
 
 def check_parallel_storage(stores: Stores, workers: int) -> None:
@@ -86,49 +92,110 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
     if threads is None and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # else the user's, or the flag's
         threads = default_threads(workers)
     cmd = [sys.executable, "-m", "sweep", "worker", study, *(["-v"] if verbose else [])]
-    procs = []
+    slots = []
     for i in range(workers):
         env = _env(stores, config, f"w{i}", threads)
         if view is not None and view.mode == "live":
             env[ENV_MODE] = "events"
-        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE))
-    readers = [threading.Thread(target=_forward, args=(p.stderr, view), daemon=True) for p in procs]
-    for r in readers:
-        r.start()
-    log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(p.pid) for p in procs))
+        slots.append(_Slot(cmd, env, view=view, pipe=True))
+    log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(s.proc.pid) for s in slots))
     try:
-        try:
-            codes = [p.wait() for p in procs]
-        except KeyboardInterrupt as e:
-            signum = getattr(e, "signum", signal.SIGINT)
-            log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
-                        sum(p.poll() is None for p in procs))
-            _stop(procs, signum)
-            return 128 + int(signum)
+        return _supervise(slots)
     finally:
-        for r in readers:
-            r.join(timeout=5)
         if view is not None:
             view.close()
-    bad = [c for c in codes if c != 0]
-    return bad[0] if bad else 0
+
+
+def supervise(argv: list[str], env: dict[str, str]) -> int:
+    """`sweep run` or `sweep worker` of one process: the same command (`argv`, after `sweep`) runs
+    in a child that hands over to a fresh one at its memory bound (sweep/runner/handover.py). The
+    child has this process's terminal, so what the user sees is what it prints; this process
+    adds one line only if the child is killed, and exits with the child's code."""
+    return _supervise([_Slot([sys.executable, "-m", "sweep", *argv], env, view=None, pipe=False)])
+
+
+class _Slot:
+    """One worker's place: its process, and the fresh one that takes over when it hands over."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], view: View | None, pipe: bool) -> None:
+        fd, self.state = tempfile.mkstemp(prefix="sweep-handover-", suffix=".json")
+        os.close(fd)
+        self.cmd, self.view, self.pipe = cmd, view, pipe
+        self.env = {**env, ENV_STATE: self.state, ENV_SUPERVISOR: str(os.getpid())}
+        self.readers: list[threading.Thread] = []
+        self.start()
+
+    def start(self) -> None:
+        # started from the main thread: the child's PR_SET_PDEATHSIG follows the thread that forked it
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stderr=subprocess.PIPE if self.pipe else None)
+        if self.pipe:
+            reader = threading.Thread(target=_forward, args=(self.proc.stderr, self.view), daemon=True)
+            reader.start()
+            self.readers.append(reader)
+
+    def poll(self) -> int | None:
+        """The slot's exit code once its worker is done for good; a hand-over starts the next."""
+        code = self.proc.poll()
+        if code == HANDOVER_EXIT:
+            log.debug("worker %d handed over; starting a fresh one", self.proc.pid)
+            self.start()
+            return None
+        return code
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.join(timeout=5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.state)
+
+
+def _supervise(slots: list[_Slot]) -> int:
+    codes: dict[int, int] = {}
+    try:
+        while len(codes) < len(slots):
+            for i, slot in enumerate(slots):
+                if i not in codes and (code := slot.poll()) is not None:
+                    codes[i] = code
+                    if code < 0:  # killed by a signal this process did not send (OOM, kill -9)
+                        _say(f"sweep: worker process {slot.proc.pid} was killed by "
+                             f"{signal.Signals(-code).name}; its trial is retried once it goes stale")
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        procs = [s.proc for s in slots]
+        if len(slots) > 1:
+            log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
+                        sum(p.poll() is None for p in procs))
+        _stop(procs, signum)
+        return 128 + int(signum)
+    finally:
+        for slot in slots:
+            slot.close()
+    bad = [c for c in codes.values() if c != 0]
+    return (128 - bad[0] if bad[0] < 0 else bad[0]) if bad else 0
+
+
+def _say(line: str) -> None:
+    """One whole line on this process's console (above its footer), or on stderr."""
+    from sweep.console import current
+
+    console = current()
+    if console is not None:
+        console.line(line)
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def _forward(stream: IO[bytes], view: View | None) -> None:
     """A worker's stderr: progress events to the view, every other line printed whole."""
-    from sweep.console import current
-
-    console = current()
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         event = read_event(line)
         if event is not None:
             if view is not None:
                 view.handle(event.pop("worker", "?"), event)
-        elif console is not None:
-            console.line(line)
         else:
-            sys.stderr.write(line + "\n")
+            _say(line)
     stream.close()
 
 

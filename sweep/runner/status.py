@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep import record as obj
 from sweep.record import load_study, stored_config
 from sweep.runner.progress import duration
-from sweep.runner.worker import done, target
+from sweep.runner.worker import done, state_name, target
+
+if TYPE_CHECKING:
+    from sweep.config import StudyConfig
 
 
 @dataclass
@@ -38,21 +41,19 @@ def status(study: str, storage: str | None = None) -> Status:
     from sweep import search
     from sweep.runner.liveness import superseded
 
-    s = load_study(study, storage)
-    cfg = stored_config(s)
-    trials = s.get_trials(deepcopy=False)
+    trials, cfg = _trials(study, storage)
     plan = search.plan(cfg.search)
     wanted = target(cfg.search, plan)
     finished = done(trials)
     by_worker: dict[str, Counter] = defaultdict(Counter)
     for t in trials:
-        by_worker[t.user_attrs.get(obj.WORKER) or "-"][t.state.name] += 1
+        by_worker[t.user_attrs.get(obj.WORKER) or "-"][state_name(t)] += 1
     now = dt.datetime.now()
     running = [
         {"trial": t.number, "worker": t.user_attrs.get(obj.WORKER) or "-",
          "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
          "epoch": t.last_step}
-        for t in trials if t.state.name == "RUNNING"
+        for t in trials if state_name(t) == "RUNNING"
     ]
     durations = [t.duration.total_seconds() for t in finished if t.duration]
     mean = sum(durations) / len(durations) if durations else None
@@ -62,10 +63,24 @@ def status(study: str, storage: str | None = None) -> Status:
         eta = mean * left / max(1, len(running))
     return Status(
         study=study, target=wanted, done=len(finished),
-        states=dict(Counter(t.state.name for t in trials)),
+        states=dict(Counter(state_name(t) for t in trials)),
         by_worker={w: dict(c) for w, c in sorted(by_worker.items())},
         running=running, retried=len(superseded(trials)), mean_trial_seconds=mean, eta_seconds=eta,
     )
+
+
+def _trials(study: str, storage: str | None) -> tuple[list[Any], StudyConfig]:
+    """The study's trials, in brief from its tables (sweep/peek.py: the columns counted here, not
+    every trial whole), else whole through Optuna; and its stored config."""
+    from sweep import peek
+    from sweep.record import parse_stored
+    from sweep.storage import resolve
+
+    brief = peek.briefs(resolve(storage).optuna, study)
+    if brief is not None and brief[1] is not None:
+        return brief[0], parse_stored(brief[1], study)
+    s = load_study(study, storage)
+    return s.get_trials(deepcopy=False), stored_config(s)
 
 
 def format_status(st: Status) -> str:

@@ -6,17 +6,19 @@ so a study can be resumed, or joined by another worker, from its name and storag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep import config as config_mod
 from sweep import data as data_mod
 from sweep import search
 from sweep.errors import ConfigError
 from sweep.record import CONFIG_ATTR, PARENT_ATTR, load_study, stored_config  # noqa: F401 (re-exported)
+from sweep.runner import handover
 from sweep.runner import objective as obj
 from sweep.runner import progress
 from sweep.runner import worker
@@ -233,13 +235,17 @@ def run(
     """
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     workers = settings(config).workers
+    before = handover.arrived()  # this process goes on from an earlier one of its chain
+    if n_trials is not None and before is not None:
+        n_trials -= before.trials
     cfg = _config_for(study, stores)
-    data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
+    with _quiet("sweep.data") if before is not None else contextlib.nullcontext():  # said once, by the first
+        data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
     cfg.model.check_output(data.num_classes, data.labels, cfg.source)  # an output that cannot fit the target
     p = prepare(cfg, stores, workers)
     worked = False
     try:
-        _work(p, data, n_trials, extra_callbacks, join)
+        _work(p, data, n_trials, extra_callbacks, join, before)
         worked = True
     finally:
         p.tracker.flush(timeout=30)
@@ -249,6 +255,18 @@ def run(
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()
     return p.study
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """`logger`'s INFO lines at DEBUG for a while (shown with -v only)."""
+    target = logging.getLogger(logger)
+    old = target.level
+    target.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(old)
 
 
 def _summarize(p: Prepared) -> None:
@@ -302,19 +320,22 @@ def _promote(p: Prepared) -> dict[str, str]:
     return {"sweep.best.registered": f"models:/{p.cfg.study}@{registry.ALIAS} (version {version.version})"}
 
 
-def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callbacks: Any, join: bool) -> None:
+def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callbacks: Any, join: bool,
+          before: handover.State | None = None) -> None:
     from sweep.runner.liveness import Heartbeat
 
     cfg = p.cfg
+    # a process that takes over from an earlier one says nothing the user saw already
+    say = log.debug if before is not None else log.info
     if p.todo <= 0 or n_trials == 0:
-        log.info("study %s is complete (%d trials); nothing to run", cfg.study, len(p.study.trials))
+        say("study %s is complete (%d trials); nothing to run", cfg.study, len(p.study.trials))
         return
     p.tracker.summarize_parent(p.parent, {}, {}, finished=False)  # a resumed study runs again
     p.study.sampler = search.make_sampler(cfg.search, offset=len(p.study.trials),
                                           worker=worker.worker_name() if join else None)
     p.study.pruner = search.make_pruner(cfg.search)
     url = experiment_url(p.stores.tracking, p.tracker.experiment_id)
-    log.info("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
+    say("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
              min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
     # TensorFlow's import (3-4 s) here, once, rather than inside the first trial: trial times and
@@ -322,6 +343,9 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     import keras  # noqa: F401
 
     shown = view(p, n_trials)
+    if before is not None:
+        # the footer and the ETA go on from the earlier processes' trials
+        shown.trial_seconds, shown.best = list(before.trial_seconds), before.best
     name = worker.worker_name()
 
     def show(trial_number: int, label: str) -> Any:
@@ -342,11 +366,30 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                        callbacks=callbacks)
+                        callbacks=callbacks, handover=_bound(p) if handover.supervised() else None)
         if keeper is not None:
             keeper(p.study)  # once more: other workers' last trials finished after this one's pass
+    except handover.HandOver as h:
+        handover.leave(before, h.ran, shown.trial_seconds, shown.best)
+        log.debug("handing over to a fresh process after %d trial(s): %s", h.ran, h.reason)
+        raise
     finally:
         shown.close()
+
+
+def _bound(p: Prepared) -> Any:
+    """When this process hands over: its bound is reached and its MLflow logging is all sent (a
+    queue left behind would wait for `sweep sync`; during an outage the process goes on)."""
+    bound = handover.Bound(p.workers.trials_per_process, p.workers.max_memory_growth_mb)
+
+    def due(ran: int) -> str | None:
+        why = bound.due(ran)
+        if why is not None and not p.tracker.sender.flush(60):
+            log.debug("hand-over put off: MLflow logging is still queued")
+            return None
+        return why
+
+    return due
 
 
 def shown_metric(cfg: StudyConfig) -> str:

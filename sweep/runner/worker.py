@@ -17,10 +17,11 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, Union
 
 from sweep.errors import TrialFailed
 from sweep.storage import study_lock
@@ -34,13 +35,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
+ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
+T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
 Values = Union[float, Sequence[float]]
 
 
 def worker_name() -> str:
-    """How this process is named on its trials and in `sweep status`."""
-    return os.environ.get(ENV_WORKER_NAME) or f"{socket.gethostname()}-{os.getpid()}"
+    """How this process is named on its trials and in `sweep status`: one name for a chain of
+    processes that hand over to each other (sweep/runner/handover.py), that of the command's."""
+    from sweep.runner.handover import ENV_SUPERVISOR
+
+    pid = os.environ.get(ENV_SUPERVISOR) or str(os.getpid())
+    return os.environ.get(ENV_WORKER_NAME) or f"{socket.gethostname()}-{pid}"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,36 +65,54 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signals are delivered to the main thread only; its owner handles them
         return
-    stopping = False
+    stopping: tuple[int, float] | None = None
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal stopping
-        if stopping:
-            log.warning("already stopping (%s ignored)", signal.Signals(signum).name)
+        if stopping is not None:
+            # Ctrl-C reaches a whole process group, and a supervisor forwards it once more
+            echo = stopping[0] == signum and time.monotonic() - stopping[1] < ECHO_SECONDS
+            (log.debug if echo else log.warning)("already stopping (%s ignored)", signal.Signals(signum).name)
             return
-        stopping = True
+        stopping = (signum, time.monotonic())
         raise Interrupted(signum)
 
+    def unraisable(u: Any) -> None:
+        # a signal that lands while a finalizer or weakref callback runs (SQLAlchemy has them) raises
+        # there, where Python swallows it ("Exception ignored in ..."), and the trial would train on
+        # till the supervisor's grace ran out: deliver it again, outside that callback
+        nonlocal stopping
+        if isinstance(u.exc_value, Interrupted):
+            stopping = None
+            # from another thread: the handler then runs in this one once the callback has returned
+            threading.Timer(0.01, os.kill, (os.getpid(), u.exc_value.signum)).start()
+            return
+        old_hook(u)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def done(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+def done(trials: list[T]) -> list[T]:
     """Finished trials that took their place in the study for good: COMPLETE, PRUNED and FAIL,
-    less interrupted ones (Ctrl-C, SIGTERM: run again on resume) and stale ones a retry replaced."""
-    from optuna.trial import TrialState
-
+    less interrupted ones (Ctrl-C, SIGTERM: run again on resume) and stale ones a retry replaced.
+    Optuna's trials, or `sweep.peek.Brief`s (whose state is its name)."""
     from sweep.runner.liveness import superseded
     from sweep.record import INTERRUPTED
 
     gone = superseded(trials)
     return [t for t in trials if t.number not in gone and (
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))]
+        state_name(t) in ("COMPLETE", "PRUNED") or (state_name(t) == "FAIL" and not t.user_attrs.get(INTERRUPTED)))]
+
+
+def state_name(t: Any) -> str:
+    return getattr(t.state, "name", t.state)
 
 
 def target(search: SearchConfig, plan: list[Any] | None) -> int:
@@ -102,16 +127,19 @@ def budget_used(trials: list[FrozenTrial]) -> int:
     return len(done(trials)) + sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def _next_trial(study: optuna.Study, cfg: StudyConfig, explicit_plan: bool) -> optuna.Trial | None:
-    """Under the study lock: the next trial, or None when the study has all it needs."""
+def _more(study: optuna.Study, cfg: StudyConfig, explicit_plan: bool) -> bool:
+    """Whether the study has a trial left to take (read under the study lock)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    waiting = any(t.state == TrialState.WAITING for t in trials)
-    if explicit_plan and not waiting:
-        return None
-    # a waiting trial (a retry of a dead worker's) replaces a superseded one: it always runs
-    if not explicit_plan and not waiting and budget_used(trials) >= (cfg.search.n_trials or 0):
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True  # a waiting trial (a retry of a dead worker's) replaces a superseded one: it always runs
+    return not explicit_plan and budget_used(trials) < (cfg.search.n_trials or 0)
+
+
+def _next_trial(study: optuna.Study, cfg: StudyConfig, explicit_plan: bool) -> optuna.Trial | None:
+    """Under the study lock: the next trial, or None when the study has all it needs."""
+    if not _more(study, cfg, explicit_plan):
         return None
     with warnings.catch_warnings():
         # "Heartbeat of storage is supposed to be used with Study.optimize": this loop is the
@@ -179,19 +207,29 @@ def work(
     poll_seconds: float,
     n_trials: int | None = None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    handover: Callable[[int], str | None] | None = None,
 ) -> int:
     """Run trials until the study has what it needs (or `n_trials` ran here). Returns how many ran.
 
     With nothing left to take while other workers' trials run, wait for them: if one of those
-    workers dies, its trial goes stale and this worker runs the retry.
+    workers dies, its trial goes stale and this worker runs the retry. `handover(ran)` says, between
+    two trials, why this process should give way to a fresh one (sweep/runner/handover.py); it
+    then raises `HandOver`, but only while the study has a trial left to take.
     """
     from optuna.trial import TrialState
 
+    from sweep.runner.handover import HandOver
+
     ran = 0
     waiting_for_others = False
+    why, asked = None, 0
     while n_trials is None or ran < n_trials:
         fail_stale(study)
+        if handover is not None and ran > asked:  # once per trial run, not per wait
+            asked, why = ran, handover(ran)
         with study_lock(lock_url, study.study_name):
+            if why is not None and _more(study, cfg, explicit_plan):
+                raise HandOver(ran, why)
             trial = _next_trial(study, cfg, explicit_plan)
         if trial is None:
             running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
