@@ -128,6 +128,16 @@ def _guard() -> Iterator[None]:
         raise typer.Exit(HANDOVER_EXIT) from None  # its supervisor starts a fresh process
 
 
+@contextlib.contextmanager
+def _stopping() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop a command that runs trials once, from its start: a signal that lands
+    while it loads data or imports TensorFlow, and its echo from a supervisor, make one clean stop."""
+    from sweep.runner.worker import stop_on_signals
+
+    with stop_on_signals():
+        yield
+
+
 @app.command()
 def run(
     study: str = typer.Argument(..., help="study file (studies/x.yaml), or the name of a stored study to join"),
@@ -149,7 +159,7 @@ def run(
         if code is not None:
             raise typer.Exit(code)
     _setup_logging(verbose, console=True)
-    with _guard():
+    with _guard(), _stopping():
         if workers > 1:
             raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose,
                                        threads_per_worker))
@@ -182,7 +192,6 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
         if ws.trials_per_process is None and ws.max_memory_growth_mb is None:
             return None
         from sweep.runner.pool import supervise
-        from sweep.runner.worker import stop_on_signals
 
         env = dict(os.environ)
         if storage:
@@ -192,7 +201,7 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
         argv = [*argv, *(["--n-trials", str(n_trials)] if n_trials else []),
                 *(["--threads-per-worker", str(threads)] if threads else []),
                 *(["--config", config] if config else []), *(["-v"] if verbose else [])]
-        with stop_on_signals():
+        with _stopping():
             return supervise(argv, env)
     return None  # unreachable: _guard exits
 
@@ -209,7 +218,6 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     from sweep.errors import ConfigError
     from sweep.runner.pool import check_parallel_storage, run_workers
     from sweep.runner.study import prepare, view
-    from sweep.runner.worker import stop_on_signals
     from sweep.storage import resolve, settings
 
     if n_trials is not None:
@@ -217,17 +225,16 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
                                          "until the study has search.n_trials (or its plan) done"])
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     check_parallel_storage(stores, workers)
-    with stop_on_signals():
-        p = prepare(study, stores, settings(config).workers)
-        try:
-            if p.todo <= 0:
-                log.info("study %s is complete; nothing to run", p.cfg.study)
-                return 0
-            # the parent's view of its workers: their trials in one live footer on a terminal
-            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
-                               threads=threads)
-        finally:
-            p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
+    p = prepare(study, stores, settings(config).workers)  # under run's _stopping()
+    try:
+        if p.todo <= 0:
+            log.info("study %s is complete; nothing to run", p.cfg.study)
+            return 0
+        # the parent's view of its workers: their trials in one live footer on a terminal
+        code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
+                           threads=threads)
+    finally:
+        p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code
@@ -249,7 +256,7 @@ def worker(
     if code is not None:
         raise typer.Exit(code)
     _setup_logging(verbose, console=True)
-    with _guard():
+    with _guard(), _stopping():
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 

@@ -354,6 +354,58 @@ def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:
                 time.sleep(0.01)
 
 
+def test_the_echo_of_a_stop_is_dropped_after_the_handler_is_gone() -> None:
+    """Ctrl-C reaches a worker twice: from the terminal's process group and from its supervisor.
+    The echo may land while nested blocks unwind, or after the command's handler is gone: one stop,
+    never a second KeyboardInterrupt in the clean-up (it printed a traceback in CI)."""
+    from sweep.runner.worker import Interrupted, stop_on_signals
+
+    def echo(when: str) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pytest.fail(f"the echo {when} stopped us a second time")
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted):
+            with stop_on_signals():  # the command's, from its start
+                try:
+                    with stop_on_signals():  # the trial loop's, nested: the outer one stays
+                        os.kill(os.getpid(), signal.SIGINT)
+                        time.sleep(1)
+                finally:
+                    echo("while unwinding")
+        echo("after the handler is gone")
+        # any other signal still does what it did before
+        with pytest.raises(KeyboardInterrupt) as raised:
+            signal.getsignal(signal.SIGINT)(signal.SIGTERM, None)
+        assert not isinstance(raised.value, Interrupted)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_while_a_worker_starts_is_one_clean_stop(tmp_path: Path, tiny_npz: Path) -> None:
+    """Ctrl-C before the trial loop (loading data, importing TensorFlow) and its echo from the
+    supervisor: one line, exit 130, no traceback."""
+    path = write_study(tmp_path, _plan_study(tiny_npz, "early", ["relu"], epochs=1))
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(path)], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # said just before TensorFlow's import (3-4 s) and the first trial
+        seen.append(line)
+        if "trial(s) to run" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.count("interrupted: finished trials are saved") == 1, err
+
+
 def test_workers_on_sqlite_are_refused(tmp_path: Path, tiny_npz: Path) -> None:
     path = write_study(tmp_path, _plan_study(tiny_npz, "lite", ["relu"], epochs=1))
     r = subprocess.run([sys.executable, "-m", "sweep", "run", str(path), "--workers", "2"], cwd=tmp_path,

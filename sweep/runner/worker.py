@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
 ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
+_stopping_installed = False  # stop_on_signals' handler is in place (it nests)
 T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
 Values = Union[float, Sequence[float]]
@@ -62,8 +63,11 @@ class Interrupted(KeyboardInterrupt):
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM interrupt the trial once; a second signal is not needed and is ignored
     (it would otherwise break the clean-up of the first: telling Optuna, closing the MLflow run)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals are delivered to the main thread only; its owner handles them
+    global _stopping_installed
+    if threading.current_thread() is not threading.main_thread() or _stopping_installed:
+        # signals are delivered to the main thread only, where its owner handles them; nested, the
+        # outermost handler stays, so an echo that lands while an inner block unwinds is still one stop
+        yield
         return
     stopping: tuple[int, float] | None = None
 
@@ -91,12 +95,30 @@ def stop_on_signals() -> Iterator[None]:
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    _stopping_installed = True
     try:
         yield
     finally:
+        _stopping_installed = False
         sys.unraisablehook = old_hook
         for s, h in old.items():
-            signal.signal(s, h)
+            # once stopped, the echo may still be on its way while the process unwinds and exits
+            signal.signal(s, h if stopping is None else _echo_then(stopping, h))
+
+
+def _echo_then(stopping: tuple[int, float], old: Any) -> Callable[[int, Any], None]:
+    """A handler that drops the echo of the signal that stopped us, and otherwise acts as `old`."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == stopping[0] and time.monotonic() - stopping[1] < ECHO_SECONDS:
+            log.debug("already stopping (%s ignored)", signal.Signals(signum).name)
+        elif callable(old):
+            old(signum, frame)
+        elif old != signal.SIG_IGN:  # SIG_DFL: what the signal does by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
 
 
 def done(trials: list[T]) -> list[T]:
