@@ -315,19 +315,34 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     assert len(trials) == len(complete) + len(stopped)  # nothing surplus, nothing twice
 
 
-def test_sigterm_of_one_worker_marks_its_trial_interrupted(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
-                                                           mlflow_server: str) -> None:
+def test_sigterm_of_one_worker_marks_its_trial_interrupted_and_another_runs_it(
+        tmp_path: Path, tiny_npz: Path, optuna_pg: str, mlflow_server: str) -> None:
+    """One of two workers stopped mid-trial (`docker compose stop` of a replica, a Job's
+    `parallelism` patched down): its trial ends interrupted and the worker still running queues
+    that config again and runs it; no worker has to start for the study to be whole."""
     env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
-    path = write_study(tmp_path, _plan_study(tiny_npz, "term", ["relu", "elu"], epochs=40))
-    proc = _sweep(["run", str(path)], env, tmp_path)
-    victim = _wait_for("a trial mid-training", lambda: _training(optuna_pg, "term"), proc)[0]
-    proc.terminate()  # what `docker compose stop` sends
-    out = _finish(proc, timeout=60)
-    assert proc.returncode == 143, out
-    t = _study(optuna_pg, "term").trials[victim.number]
+    path = write_study(tmp_path, _plan_study(tiny_npz, "term", ["relu", "elu"], epochs=20))
+    procs = {name: _sweep([cmd, str(path)], {**env, "SWEEP_WORKER_NAME": name}, tmp_path)
+             for name, cmd in (("stopped", "run"), ("kept", "worker"))}
+    both = _wait_for("two trials mid-training", lambda: _training(optuna_pg, "term", at_least=2), procs["kept"])
+    victim = next(t for t in both if t.user_attrs[obj.WORKER] == "stopped")
+    procs["stopped"].terminate()  # what `docker compose stop` sends
+    out = _finish(procs["stopped"], timeout=60)
+    assert procs["stopped"].returncode == 143, out
+    kept = _finish(procs["kept"])
+    assert procs["kept"].returncode == 0, kept
+
+    trials = _study(optuna_pg, "term").trials
+    t = trials[victim.number]
     assert t.state == TrialState.FAIL and t.user_attrs[obj.INTERRUPTED] is True
     run = MlflowClient(mlflow_server).get_run(t.user_attrs[obj.RUN_ID])
     assert run.info.status == "KILLED"
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == ["elu", "relu"], kept
+    again = next(t for t in complete if t.params == victim.params)
+    assert again.user_attrs[obj.WORKER] == "kept" and again.number > victim.number
+    assert len(trials) == 3  # two configs and the one run again: nothing surplus
+    assert f"trial {victim.number} was interrupted" in kept, kept
 
 
 def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:

@@ -7,6 +7,7 @@ so a study can be resumed, or joined by another worker, from its name and storag
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -127,17 +128,42 @@ def _enqueue_plan(study: optuna.Study, configs: list[dict[str, Any]], cfg: Study
     """Enqueue each (config, repeat) not yet done, waiting or running. Returns how many wait."""
     from optuna.trial import TrialState
 
+    _enqueue(study, _missing(study.get_trials(deepcopy=False), configs, cfg), configs, cfg)
+    return sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def _requeue_interrupted(study: optuna.Study, configs: list[dict[str, Any]], cfg: StudyConfig) -> None:
+    """Between trials, under the study lock: a trial of the plan whose worker was stopped
+    (SIGTERM: a replica stopped, a Job's parallelism patched down) is queued again by a worker
+    still running, so the plan is finished without waiting for a worker to start. Optuna's retry
+    callback covers only trials that go stale; an interrupted one was told FAIL by its worker."""
+    from optuna.trial import TrialState
+
     trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.FAIL and t.user_attrs.get(obj.INTERRUPTED) for t in trials):
+        return  # the usual case: nothing to read further
+    missing = _missing(trials, configs, cfg)
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(obj.INTERRUPTED) and _plan_key(t) in missing:
+            log.info("trial %d was interrupted (its worker stopped); its config is queued again", t.number)
+            missing.remove(_plan_key(t))
+            _enqueue(study, [_plan_key(t)], configs, cfg)
+
+
+def _missing(trials: list[optuna.trial.FrozenTrial], configs: list[dict[str, Any]], cfg: StudyConfig
+             ) -> list[tuple[int, int]]:
+    """(config, repeat) pairs of the plan with no trial done, waiting or running."""
+    from optuna.trial import TrialState
+
     have = {_plan_key(t) for t in worker.done(trials)}
     have |= {_plan_key(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
-    for i, params in enumerate(configs):
-        for r in range(cfg.search.repeats):
-            if (i, r) not in have:
-                study.enqueue_trial(
-                    params,
-                    user_attrs={obj.CONFIG_INDEX: i, obj.REPEAT: r, obj.SEED: cfg.search.seed + r},
-                )
-    return sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    return [(i, r) for i in range(len(configs)) for r in range(cfg.search.repeats) if (i, r) not in have]
+
+
+def _enqueue(study: optuna.Study, keys: list[tuple[int, int]], configs: list[dict[str, Any]],
+             cfg: StudyConfig) -> None:
+    for i, r in keys:
+        study.enqueue_trial(configs[i], user_attrs={obj.CONFIG_INDEX: i, obj.REPEAT: r, obj.SEED: cfg.search.seed + r})
 
 
 def _plan_key(t: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
@@ -366,7 +392,9 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
-                        callbacks=callbacks, handover=_bound(p) if handover.supervised() else None)
+                        callbacks=callbacks, handover=_bound(p) if handover.supervised() else None,
+                        requeue=None if p.configs is None else
+                        functools.partial(_requeue_interrupted, configs=p.configs, cfg=cfg))
         if keeper is not None:
             keeper(p.study)  # once more: other workers' last trials finished after this one's pass
     except handover.HandOver as h:

@@ -230,13 +230,15 @@ def work(
     n_trials: int | None = None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = (),
     handover: Callable[[int], str | None] | None = None,
+    requeue: Callable[[optuna.Study], None] | None = None,
 ) -> int:
     """Run trials until the study has what it needs (or `n_trials` ran here). Returns how many ran.
 
     With nothing left to take while other workers' trials run, wait for them: if one of those
     workers dies, its trial goes stale and this worker runs the retry. `handover(ran)` says, between
     two trials, why this process should give way to a fresh one (sweep/runner/handover.py); it
-    then raises `HandOver`, but only while the study has a trial left to take.
+    then raises `HandOver`, but only while the study has a trial left to take. `requeue(study)`,
+    under the study lock before each take, queues again what other workers left interrupted.
     """
     from optuna.trial import TrialState
 
@@ -250,6 +252,8 @@ def work(
         if handover is not None and ran > asked:  # once per trial run, not per wait
             asked, why = ran, handover(ran)
         with study_lock(lock_url, study.study_name):
+            if requeue is not None:
+                requeue(study)
             if why is not None and _more(study, cfg, explicit_plan):
                 raise HandOver(ran, why)
             trial = _next_trial(study, cfg, explicit_plan)
