@@ -158,8 +158,8 @@ def run(
         code = _in_child(["run", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
         if code is not None:
             raise typer.Exit(code)
-    _setup_logging(verbose, console=True)
     with _guard(), _stopping():
+        _setup_logging(verbose, console=True)
         if workers > 1:
             raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose,
                                        threads_per_worker))
@@ -255,8 +255,8 @@ def worker(
     code = _in_child(["worker", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
     if code is not None:
         raise typer.Exit(code)
-    _setup_logging(verbose, console=True)
     with _guard(), _stopping():
+        _setup_logging(verbose, console=True)
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
