@@ -362,7 +362,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     p.study.pruner = search.make_pruner(cfg.search)
     url = experiment_url(p.stores.tracking, p.tracker.experiment_id)
     say("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
-             min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
+        min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
     # TensorFlow's import (3-4 s) here, once, rather than inside the first trial: trial times and
     # the ETA are then what a trial costs

@@ -74,9 +74,8 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         nonlocal stopping
         if stopping is not None:
-            # Ctrl-C reaches a whole process group, and a supervisor forwards it once more
-            echo = stopping[0] == signum and time.monotonic() - stopping[1] < ECHO_SECONDS
-            (log.debug if echo else log.warning)("already stopping (%s ignored)", signal.Signals(signum).name)
+            (log.debug if _echo(stopping, signum) else log.warning)(
+                "already stopping (%s ignored)", signal.Signals(signum).name)
             return
         stopping = (signum, time.monotonic())
         raise Interrupted(signum)
@@ -106,11 +105,17 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, h if stopping is None else _echo_then(stopping, h))
 
 
+def _echo(stopping: tuple[int, float], signum: int) -> bool:
+    """Whether `signum` repeats the signal that stopped us: Ctrl-C reaches a whole process group,
+    and a supervisor forwards it once more."""
+    return signum == stopping[0] and time.monotonic() - stopping[1] < ECHO_SECONDS
+
+
 def _echo_then(stopping: tuple[int, float], old: Any) -> Callable[[int, Any], None]:
     """A handler that drops the echo of the signal that stopped us, and otherwise acts as `old`."""
 
     def handler(signum: int, frame: Any) -> None:
-        if signum == stopping[0] and time.monotonic() - stopping[1] < ECHO_SECONDS:
+        if _echo(stopping, signum):
             log.debug("already stopping (%s ignored)", signal.Signals(signum).name)
         elif callable(old):
             old(signum, frame)
