@@ -165,13 +165,50 @@ def run(
                                        threads_per_worker))
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
-        from sweep.runner.worker import done
 
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
-        trials = s.get_trials(deepcopy=False)
-        waiting = sum(t.state.name == "WAITING" for t in trials)
-        log.info("done: %d trial(s) finished in study %s%s; `sweep best %s` shows the best", len(done(trials)),
-                 s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
+        _done(s)
+        s = _then_confirm(s, storage, tracking_uri, config)
+        if s is not None:
+            _done(s)
+
+
+def _done(s: Any) -> None:
+    from sweep.runner.worker import done
+
+    trials = s.get_trials(deepcopy=False)
+    waiting = sum(t.state.name == "WAITING" for t in trials)
+    log.info("done: %d trial(s) finished in study %s%s; `sweep best %s` shows the best", len(done(trials)),
+             s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
+
+
+def _then_confirm(search: Any, storage: Optional[str], tracking_uri: Optional[str], config: Optional[str],
+                  join: bool = False) -> Any:
+    """A study file's `confirm` section: once the search is complete, its finalists are trained on
+    fresh seeds in the same command (sweep/runner/confirm.py). Returns the confirmation's study, or
+    None when there is none (no section, or the search still has trials to run)."""
+    from sweep.record import stored_config
+    from sweep.runner import confirm
+    from sweep.runner.study import run as run_study
+    from sweep.storage import resolve
+
+    cfg = stored_config(search)
+    if cfg.confirm is None:
+        return None
+    if not confirm.complete(search.get_trials(deepcopy=False), cfg):
+        log.info("study %s is not complete yet: its finalists are confirmed once it is", search.study_name)
+        return None
+    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+    confirmation, finals = confirm.prepare(search.study_name, stores.optuna, None)
+    _say_finalists(search.study_name, confirmation, finals)
+    return run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config, join=join)
+
+
+def _say_finalists(search: str, confirmation: Any, finals: list[Any]) -> None:
+    seeds = confirmation.search.seed
+    log.info("confirming study %s in study %s: %s; %d seeds each (%d..%d), none of them used by the search",
+             search, confirmation.study, ", ".join(f"{f.label} (trial {f.trial}, {f.value:.4f})" for f in finals),
+             confirmation.search.repeats, seeds, seeds + confirmation.search.repeats - 1)
 
 
 def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
@@ -260,8 +297,55 @@ def worker(
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
-        run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
-                  join=True)
+        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
+                      join=True)
+        _then_confirm(s, storage, tracking_uri, config, join=True)
+
+
+@app.command()
+def confirm(
+    study: str = typer.Argument(..., help="name of a completed search study"),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="finalists: the top K distinct configurations "
+                                      "by the study's metric [default 3]"),
+    per: Optional[str] = typer.Option(None, "--per", help="finalists: `activation`, the best configuration of "
+                                      "each activation searched (instead of --top)"),
+    repeats: int = typer.Option(5, "--repeats", "-r", min=2, help="fresh seeds per finalist"),
+    name: Optional[str] = typer.Option(None, "--name", help="the confirmation study's name [default STUDY-confirm]"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="local worker processes on the confirmation (more than 1 needs PostgreSQL)"),
+    threads_per_worker: Optional[int] = ThreadsOpt,
+    config: Optional[str] = ConfigOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Train a search's finalists again on fresh seeds, the same seeds for each, in a study of its
+    own (STUDY-confirm); then `sweep best STUDY` names the confirmed winner, tested against the
+    other finalists, and how much the search flattered it. Run again to resume, or with more
+    --repeats to add only the missing seeds."""
+    argv = ["confirm", study, *(["--top", str(top)] if top else []), *(["--per", per] if per else []),
+            "--repeats", str(repeats), *(["--name", name] if name else [])]
+    if workers == 1:
+        code = _in_child(argv, storage, tracking_uri, None, threads_per_worker, config, verbose)
+        if code is not None:
+            raise typer.Exit(code)
+    with _guard(), _stopping():
+        _setup_logging(verbose, console=True)
+        from sweep.config import confirm_options
+        from sweep.runner import confirm as confirm_mod
+        from sweep.storage import resolve
+
+        options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
+        stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+        confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
+        _say_finalists(study, confirmation, finals)
+        if workers > 1:
+            raise typer.Exit(_run_pool(confirmation, storage, tracking_uri, None, workers, config, verbose,
+                                       threads_per_worker))
+        _use_threads(threads_per_worker)
+        from sweep.runner.study import run as run_study
+
+        _done(run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config))
 
 
 @app.command()
@@ -290,7 +374,8 @@ def best(
     tracking_uri: Optional[str] = TrackingOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """The best trial's config: value, activation params, MLflow run id; for a study of several
+    """The best configuration: with repeats, the best mean over seeds, tested against the others;
+    otherwise the best trial. Value, activation params, MLflow run id; for a study of several
     metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
     _setup_logging(verbose)
     with _guard():
@@ -305,13 +390,9 @@ def best(
 
         typer.echo(format_pareto(cfg))
         return
-    rows = [("study", cfg["study"]), ("trial", cfg["trial"]), (cfg["metric"], f"{cfg['value']:.4f}"),
-            *((k, v) for k, v in cfg["params"].items()), ("seed", cfg["seed"]),
-            ("test_accuracy", cfg["test_accuracy"]), ("mlflow_run_id", cfg["mlflow_run_id"]),
-            ("model_uri", cfg["mlflow_model_uri"]), ("tracking_uri", cfg["tracking_uri"])]
-    width = max(len(str(k)) for k, _ in rows)
-    for k, v in rows:
-        typer.echo(f"{str(k):<{width}}  {v}")
+    from sweep.analysis.best import format_best
+
+    typer.echo(format_best(cfg))
 
 
 @app.command()
@@ -340,7 +421,8 @@ def promote(
     value = out["value"]
     shown = (", ".join(f"{m} {v:.4f}" for m, v in value.items()) if isinstance(value, dict)
              else f"value {value:.4f}")
-    typer.echo(f"trial {out['trial']} ({shown}) {what} {out['model_uri']}: registered model "
+    of = f" of {out['configuration']}, the best configuration by mean" if out.get("configuration") else ""
+    typer.echo(f"trial {out['trial']} ({shown}{of}) {what} {out['model_uri']}: registered model "
                f"{out['name']}, version {out['version']}, from {out['source']}")
 
 

@@ -474,6 +474,44 @@ class TrackingConfig(Strict):
         return v
 
 
+CONFIRM_TOP = 3
+CONFIRM_REPEATS = 5
+
+
+class ConfirmConfig(Strict):
+    """`confirm`: once a search completes, its finalists are trained again on fresh seeds, in a study
+    of their own (sweep/runner/confirm.py). `top` distinct configurations by the study's metric, or
+    with `per: activation` the best configuration of each activation searched; `repeats` seeds each."""
+
+    top: int | None = Field(None, ge=1)
+    per: Literal["activation"] | None = None
+    repeats: int = Field(CONFIRM_REPEATS, ge=2)
+    study: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("top") is None and data.get("per") is None:
+            return {**data, "top": CONFIRM_TOP}
+        return data
+
+    @model_validator(mode="after")
+    def _top_or_per(self) -> ConfirmConfig:
+        if self.top is not None and self.per is not None:
+            raise ValueError(f"give `top` or `per`, not both: got top={self.top}, per={self.per!r}")
+        return self
+
+
+def confirm_options(data: dict[str, Any]) -> ConfirmConfig:
+    """`sweep confirm`'s options, validated as a study file's `confirm` section; a problem names its flag."""
+    try:
+        return ConfirmConfig(**{k: v for k, v in data.items() if v is not None})
+    except ValidationError as e:
+        flags = [p.replace("(top level): ", "").replace("study: ", "--name: ") for p in _problems(e)]
+        raise ConfigError("sweep confirm", [p if p.startswith(("give", "--name")) else f"--{p}" for p in flags]) \
+            from None
+
+
 class ModelConfig(Strict):
     """`model`: the family and its shape. `model: seed_cnn` is short for `{name: seed_cnn}`."""
 
@@ -528,6 +566,15 @@ class StudyConfig(Strict):
     search: SearchConfig
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    confirm: ConfirmConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _confirm_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a study without a `confirm` section is stored (and logged) as before it existed
+        out = handler(self)
+        if out.get("confirm") is None:
+            out.pop("confirm", None)
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -562,6 +609,18 @@ class StudyConfig(Strict):
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _confirmable(self) -> StudyConfig:
+        if self.confirm is None:
+            return self
+        if len(self.search.metrics) > 1:
+            raise ValueError(f"confirm: a study of several metrics ({', '.join(self.search.metrics)}) has no "
+                             "single ranking to take finalists from; remove `confirm` or optimise one metric")
+        if self.search.repeats > 1:
+            raise ValueError(f"confirm: every configuration already runs over {self.search.repeats} seeds here "
+                             "(search.repeats), so `sweep best` tests them as they are; remove `confirm`")
+        return self
 
     @model_validator(mode="after")
     def _metric_needs_validation(self) -> StudyConfig:

@@ -200,6 +200,21 @@ def trials(url: str, study: str, attrs: tuple[str, ...]) -> tuple[list[Brief], d
     return list(rows.values()), config
 
 
+def study_attrs(url: str, study: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The study's user attributes named `keys` that are set; None: ask Optuna."""
+    try:
+        with _connect(url) as query:
+            study_id = _study_id(query, study)
+            if study_id is None:
+                return None
+            marks = ", ".join("?" * len(keys))
+            rows = query(f"SELECT key, value_json FROM study_user_attributes WHERE study_id = ? AND key IN ({marks})",
+                         study_id, *keys)
+    except Exception:  # noqa: BLE001 - as in best()
+        return None
+    return {k: json.loads(v) for k, v in rows}
+
+
 def _config(query: Any, study_id: int) -> dict[str, Any] | None:
     """The study's stored sweep config, unvalidated (sweep.record.stored_parse validates it)."""
     found = query("SELECT value_json FROM study_user_attributes WHERE study_id = ? AND key = ?", study_id,

@@ -7,7 +7,7 @@ each trial carries what its MLflow run should hold, so MLflow can always be rebu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError
 from sweep.storage import mask, optuna_storage, resolve, sqlite_path
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 # study user attributes
 CONFIG_ATTR = "sweep.config"
 PARENT_ATTR = "sweep.mlflow_parent_run_id"
+# a search and the study that re-trains its finalists on fresh seeds (sweep confirm), each naming
+# the other; the same names tag their MLflow parent runs
+CONFIRMS = "sweep.confirms"  # on the confirmation: the search's name
+CONFIRMED_BY = "sweep.confirmed_by"  # on the search: the confirmation's name
 
 # trial user attributes
 SEED = "seed"
@@ -36,6 +40,11 @@ FINAL_METRICS = ("test_accuracy", "test_loss", "mean_epoch_seconds")
 # written by sweep before 2026-11: a trial pruned untrained because another worker took the
 # last planned one; the worker loop no longer creates them, readers still skip them
 SURPLUS = "surplus"
+
+
+def state_name(t: Any) -> str:
+    """COMPLETE, RUNNING, ...: an Optuna `TrialState`'s name, or a `sweep.peek.Brief`'s string."""
+    return getattr(t.state, "name", t.state)
 
 
 def load_study(name: str, storage: str | None = None) -> optuna.Study:

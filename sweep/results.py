@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
+from sweep import ranking
 from sweep import record as obj
+from sweep.runner import confirm
 from sweep.errors import SweepError
 from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
@@ -18,26 +21,60 @@ if TYPE_CHECKING:
     from sweep.config import StudyConfig
 
 
-def best_config(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The best trial of `study` as a plain dict, enough to rebuild and retrain its model.
+ONE_SEED = ("one seed decided: every configuration ran once, so the best trial is as much the luckiest seed "
+            "as the best configuration; run the configurations with `search.repeats` to test it")
+# the trial attributes best_config reads of every trial of a repeated study (sweep/peek.py reads only these)
+BEST_ATTRS = (obj.SEED, obj.CONFIG_INDEX, obj.RUN_ID, obj.MODEL_URI, "input_shape", "num_classes", "test_accuracy")
 
-    Keys: study, trial, value, metric, direction, params (activation and its parameters),
-    seed, mlflow_run_id, mlflow_model_uri, tracking_uri, model, input_shape, num_classes,
-    training.
+
+def best_config(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The best configuration of `study` as a plain dict, enough to rebuild and retrain its model.
+
+    Keys: study, judged_by, trial, value, metric, direction, params (activation and its
+    parameters), seed, mlflow_run_id, mlflow_model_uri, tracking_uri, model, input_shape,
+    num_classes, training.
+
+    Where every configuration ran over several seeds (`search.repeats` > 1), the best is the
+    configuration with the best mean (`judged_by` "configuration", sweep/ranking.py): `value` is that
+    mean, and the dict adds configuration, n, std, ci, seeds, values, the verdict against the
+    others (verdict, distinguishable, tied_with, better_than, runner_up, judgement) and
+    best_trial, the single best run. `trial`, `seed` and the MLflow ids are the representative
+    repeat's, the one closest to the mean. Otherwise (`judged_by` "trial") it is the best trial,
+    and `note` says that one seed decided.
+
+    A search whose finalists were trained again on fresh seeds (`sweep confirm`) answers from that
+    confirmation once it has complete runs (`judged_by` "confirmation"): the confirmed winner as
+    above, plus confirmation (the study's name), search_trial and search_value (the winner's best
+    run in the search), optimism (search value − confirmed mean, positive when the search
+    flattered it) and finalists (each with its search and confirmed values).
 
     A study of several metrics has no single best trial: for it this returns `pareto_front`,
     a dict whose `pareto` lists the Pareto-optimal trials.
     """
     stores = resolve(storage, tracking_uri)
+    confirmed = confirm.confirmation_of(study, stores.optuna)
+    if confirmed is not None:
+        out = _confirmed(study, confirmed, stores, storage, tracking_uri)
+        if out is not None:
+            return out
     quick = _peek_best(study, stores.optuna)
-    if quick is not None:
-        best, metric, direction, model, training = quick
+    if quick is not None and quick[5]:  # repeated: every trial's value, read as columns where it can be
+        from sweep import peek
+
+        read = peek.trials(stores.optuna, study, BEST_ATTRS)
+        if read is not None and read[1] is not None:
+            return _by_configuration(study, read[0], *quick[1:5], stores)
+    if quick is not None and not quick[5]:
+        best, metric, direction, model, training, _ = quick
     else:
         s = load_study(study, storage)
         cfg = stored_config(s)
         if len(cfg.search.metrics) > 1:
             _has_complete(s)
             return _pareto(s, cfg, storage, tracking_uri)
+        if ranking.repeated(cfg.search):
+            return _by_configuration(study, s.get_trials(deepcopy=False), cfg.search.metric, cfg.search.direction,
+                                     cfg.model.spec(), cfg.training.model_dump(), stores)
         t = best_trial(s)
         best = {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.user_attrs}
         metric, direction, model, training = (cfg.search.metric, cfg.search.direction, cfg.model.spec(),
@@ -45,6 +82,8 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     attrs = best["user_attrs"]
     return {
         "study": study,
+        "judged_by": "trial",
+        "note": ONE_SEED,
         "trial": best["number"],
         "value": best["value"],
         "metric": metric,
@@ -62,10 +101,100 @@ def best_config(study: str, storage: str | None = None, tracking_uri: str | None
     }
 
 
-def _peek_best(study: str, url: str) -> tuple[dict[str, Any], str, str, dict, dict] | None:
+def _confirmed(study: str, confirmation: str, stores: Any, storage: str | None, tracking_uri: str | None
+               ) -> dict[str, Any] | None:
+    """`best_config` of a search from its confirmation; None while the confirmation has no complete run."""
+    from sweep import peek
+
+    try:
+        out = best_config(confirmation, storage, tracking_uri)
+    except SweepError:
+        return None
+    read = peek.trials(stores.optuna, study, (obj.SEED, obj.CONFIG_INDEX))
+    trials = read[0] if read is not None else load_study(study, storage).get_trials(deepcopy=False)
+    sign = 1.0 if out["direction"] == "maximize" else -1.0
+    in_search = {}
+    for c in ranking.configurations(trials):
+        value, trial = max(zip(c.values, c.trials), key=lambda vt: (sign * vt[0], -vt[1]))
+        in_search[repr(sorted(c.params.items()))] = (trial, value)
+    finalists = []
+    for c in out["judgement"]["configurations"]:
+        trial, value = in_search.get(repr(sorted(c["params"].items())), (None, math.nan))
+        finalists.append({"config": c["config"], "params": c["params"], "search_trial": trial,
+                          "search_value": None if math.isnan(value) else value, "n": c["n"], "mean": c["mean"],
+                          "seeds": c["seeds"], "values": c["values"]})
+    winner = finalists[0]
+    opt = confirm.optimism(winner["search_value"] if winner["search_value"] is not None else math.nan, out["value"],
+                           out["direction"])
+    out.update({"study": study, "judged_by": "confirmation", "confirmation": confirmation,
+                "search_trial": winner["search_trial"], "search_value": winner["search_value"],
+                "optimism": None if math.isnan(opt) else opt, "finalists": finalists})
+    return out
+
+
+def _by_configuration(study: str, trials: list[Any], metric: str, direction: str, model: dict, training: dict,
+                      stores: Any) -> dict[str, Any]:
+    """`best_config` of a repeated study: the configuration with the best mean, judged against the
+    others (sweep/ranking.py), its model the representative repeat's."""
+    from sweep import stats
+
+    configs = ranking.configurations(trials)
+    if not configs:
+        raise SweepError(f"study {study!r} has no completed trial yet; run `sweep run` first")
+    j = ranking.judge(configs, metric, direction)
+    best = j.best
+    by_number = {t.number: t for t in trials}
+    rep = by_number[best.representative]
+    attrs = rep.user_attrs
+    sign = 1.0 if direction == "maximize" else -1.0
+    single = max((t for t in trials if t.number in {n for c in configs for n in c.trials}),
+                 key=lambda t: (sign * t.values[0], -t.number))
+    single_label = next(c.label for c in configs if single.number in c.trials)
+    lo, hi = stats.mean_ci(best.values, j.confidence)
+    out = j.to_dict()
+    runner_up = out["versus"][0] if out["versus"] else None
+    return {
+        "study": study,
+        "judged_by": "configuration",
+        "configuration": best.label,
+        "trial": rep.number,
+        "value": best.mean,
+        "metric": metric,
+        "direction": direction,
+        "params": best.params,
+        "n": best.n,
+        "std": None if math.isnan(best.std) else best.std,
+        "ci": None if math.isnan(lo) else [lo, hi],
+        "confidence": j.confidence,
+        "seeds": list(best.seeds),
+        "values": list(best.values),
+        "verdict": j.verdict,
+        "distinguishable": out["distinguishable"],
+        "tied_with": j.tied_with,
+        "better_than": j.better_than,
+        "runner_up": runner_up,
+        "representative": {"trial": rep.number, "seed": attrs.get(obj.SEED), "value": float(rep.values[0]),
+                           "rule": ranking.REPRESENTATIVE},
+        "best_trial": {"trial": single.number, "configuration": single_label, "seed": single.user_attrs.get(obj.SEED),
+                       "value": float(single.values[0])},
+        "judgement": out,
+        "seed": attrs.get(obj.SEED),
+        "mlflow_run_id": attrs.get(obj.RUN_ID),
+        "mlflow_model_uri": attrs.get(obj.MODEL_URI),
+        "tracking_uri": mask(stores.tracking),
+        "model": model,
+        "input_shape": attrs.get("input_shape"),
+        "num_classes": attrs.get("num_classes"),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "training": training,
+    }
+
+
+def _peek_best(study: str, url: str) -> tuple[dict[str, Any], str, str, dict, dict, bool] | None:
     """`sweep best` without opening Optuna's storage (sweep/peek.py): the best trial, the metric,
-    its direction, the model and training sections, when the stored config is the one this
-    version of sweep writes; None sends the caller through Optuna (messages, older configs)."""
+    its direction, the model and training sections, and whether configurations are repeated over
+    seeds (then every trial is read), when the stored config is the one this version of sweep
+    writes; None sends the caller through Optuna (messages, older configs)."""
     from sweep import peek
 
     best = peek.best(url, study)
@@ -74,7 +203,9 @@ def _peek_best(study: str, url: str) -> tuple[dict[str, Any], str, str, dict, di
     if not best or not isinstance(metric, str) or not isinstance(config.get("model"), dict) \
             or not isinstance(config.get("training"), dict) or "tracking" not in config:
         return None
-    return best, metric, best["direction"], config["model"], config["training"]
+    repeats = config["search"].get("repeats", 1)
+    return best, metric, best["direction"], config["model"], config["training"], \
+        isinstance(repeats, int) and repeats > 1
 
 
 def pareto_front(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -98,6 +229,15 @@ def best_trial(s: optuna.Study) -> optuna.trial.FrozenTrial:
         return s.best_trial
     except ValueError:  # Optuna: "No trials are completed yet."
         raise SweepError(f"study {s.study_name!r} has no completed trial yet; run `sweep run` first") from None
+
+
+def _representative(s: optuna.Study, cfg: StudyConfig) -> optuna.trial.FrozenTrial:
+    """The representative repeat of a repeated study's best configuration (sweep/ranking.py)."""
+    trials = s.get_trials(deepcopy=False)
+    best = ranking.best_configuration(trials, cfg.search.direction)
+    if best is None:
+        raise SweepError(f"study {s.study_name!r} has no completed trial yet; run `sweep run` first")
+    return next(t for t in trials if t.number == best.representative)
 
 
 def _has_complete(s: optuna.Study) -> None:
@@ -128,7 +268,8 @@ def _pareto(s: optuna.Study, cfg: StudyConfig, storage: str | None, tracking_uri
 
 def load_model(study: str, trial: int | None = None, storage: str | None = None,
                tracking_uri: str | None = None) -> keras.Model:
-    """The Keras model a trial logged to MLflow, ready to predict: the best trial's by default.
+    """The Keras model a trial logged to MLflow, ready to predict: by default the best's (where
+    configurations are repeated over seeds, the best configuration's representative repeat).
 
     A logged model's URI (`models:/m-...`) names a model in one tracking store, so MLflow must be
     pointed at the study's store to load it; this does that for the call only, and first
@@ -139,13 +280,16 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
 
     from sweep.models import custom
 
+    if trial is None and (confirmed := confirm.confirmation_of(study, resolve(storage).optuna)) is not None \
+            and best_config(study, storage, tracking_uri).get("judged_by") == "confirmation":
+        return load_model(confirmed, None, storage, tracking_uri)  # the confirmed winner's model
     s = load_study(study, storage)
     cfg = stored_config(s)
     if trial is None:
         if len(cfg.search.metrics) > 1:
             raise SweepError(f"study {study!r} has several metrics and no single best trial; pass trial= "
                              "with one of its Pareto front (sweep.pareto_front)")
-        t = best_trial(s)
+        t = _representative(s, cfg) if ranking.repeated(cfg.search) else best_trial(s)
     else:
         t = next((x for x in s.get_trials(deepcopy=False) if x.number == trial), None)
         if t is None:
@@ -180,8 +324,10 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     of the registered model named like the study, with the alias `best`: afterwards
     `mlflow.pyfunc.load_model("models:/STUDY@best")` loads it. A study does this itself when it
     completes; this is for any time (a trial of a Pareto front, or after a failed attempt).
+    Where configurations are repeated over seeds, the best is the configuration with the best
+    mean, and its representative repeat's model is registered (sweep/ranking.py).
     Returns what was registered: name, version, alias, trial, value (a dict by metric for a study
-    of several), model_uri, source, changed, tracking_uri."""
+    of several), model_uri, source, changed, tracking_uri, configuration (repeated studies)."""
     from mlflow import MlflowClient
 
     from sweep.tracking import registry
@@ -191,7 +337,7 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     tracking = resolve(storage, tracking_uri).tracking
     client = MlflowClient(tracking, registry_uri=tracking)
     try:
-        version, changed, t = registry.promote_best(s, cfg.search.metrics, client, trial)
+        version, changed, t = registry.promote_best(s, cfg.search, client, trial)
     except SweepError:
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, requests errors
@@ -200,7 +346,8 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
     values = dict(zip(cfg.search.metrics, t.values))
     return {"name": study, "version": int(version.version), "alias": registry.ALIAS, "trial": t.number,
             "value": t.values[0] if len(values) == 1 else values, "model_uri": f"models:/{study}@{registry.ALIAS}",
-            "source": version.source, "changed": changed, "tracking_uri": mask(tracking)}
+            "source": version.source, "changed": changed, "tracking_uri": mask(tracking),
+            "configuration": (version.tags or {}).get("sweep.configuration")}
 
 
 TABLE_COLUMNS = ("number", "state", "value", "activation", "leaky_alpha", "prelu_alpha_init", "prelu_shared_axes",

@@ -21,7 +21,7 @@ from scipy import stats as sps
 
 import sweep
 from sweep import config
-from sweep.analysis import stats
+from sweep import stats
 from sweep.analysis.compare import compare_samples, config_labels, format_comparison
 from sweep.errors import SweepError
 from sweep.runner.study import CONFIG_ATTR
@@ -198,8 +198,9 @@ def test_cli_compare_prints_table_and_json_without_tensorflow(tmp_path: Path, ti
         assert r2.returncode == 0, r2.stderr
         loaded_now = set(ast.literal_eval(r2.stderr.splitlines()[-1]))
         assert not loaded_now & {"tensorflow", "keras", "mlflow"}, (command, r2.stderr)
-        if command[0] == "best":  # read straight from Optuna's tables (sweep/peek.py): no Optuna, no NumPy
-            assert not loaded_now & {"optuna", "numpy"}, r2.stderr
+        if command[0] == "best":  # read straight from Optuna's tables (sweep/peek.py): no Optuna
+            # (a repeated study: NumPy and SciPy judge its configurations, sweep/ranking.py)
+            assert "optuna" not in loaded_now, r2.stderr
     # `sweep --help` imports none of them (the package's public names load on first use)
     r2 = subprocess.run([sys.executable, "-c", reader.replace("assert not e.code, e.code", "pass"), "--help"],
                         capture_output=True, text=True, timeout=120)

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweep.analysis import stats
+from sweep import stats
 from sweep.config import direction_of
 from sweep.errors import SweepError
-from sweep.models.activations import PARAM_DEFAULTS, resolve_params
+from sweep.models.activations import resolve_params
+from sweep.ranking import config_labels  # noqa: F401 (sweep.analysis.compare.config_labels, as before)
 
 if TYPE_CHECKING:
     import optuna
@@ -32,7 +33,7 @@ COLUMNS = ("config", "n", "mean", "std", "ci_low", "ci_high", "test", "n_tested"
            "diff_ci_high", "p_value", "p_adjusted", "significant", "effect_measure", "effect_size",
            "effect_ci_low", "effect_ci_high", "mde", "repeats_needed", "verdict", "epoch_seconds",
            "epoch_seconds_std", "time_ratio")
-CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
+CORRECTION_NAMES = stats.CORRECTION_NAMES
 
 
 @dataclass(frozen=True)
@@ -85,33 +86,6 @@ class Comparison:
                 "left_out": self.left_out, "rows": rows}
 
 
-def _short(param: str) -> str:
-    return param.split("_", 1)[1] if param.startswith(("leaky_", "prelu_")) else param
-
-
-def _fmt_value(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def config_labels(configs: list[dict[str, Any]]) -> list[str]:
-    """A short label per resolved config: `relu`, `leaky_relu(alpha=0.1)`, `prelu(alpha_init=zeros)`.
-
-    A parameter is shown when it differs from Keras' default or varies between configs of the
-    same activation, so labels stay short but never ambiguous.
-    """
-    varies: set[tuple[str, str]] = set()
-    for c in configs:
-        for p, v in c.items():
-            if p != "activation" and any(o["activation"] == c["activation"] and o.get(p) != v for o in configs):
-                varies.add((c["activation"], p))
-    out = []
-    for c in configs:
-        shown = [f"{_short(p)}={_fmt_value(v)}" for p, v in c.items()
-                 if p != "activation" and (v != PARAM_DEFAULTS.get(p) or (c["activation"], p) in varies)]
-        out.append(f"{c['activation']}({', '.join(shown)})" if shown else c["activation"])
-    return out
-
-
 def _pick_baseline(labels: list[str], baseline: str | None) -> str:
     if baseline is None:  # plain relu when the study has it, else the first configuration
         return next((lb for lb in labels if lb == "relu"), labels[0])
@@ -123,18 +97,6 @@ def _pick_baseline(labels: list[str], baseline: str | None) -> str:
     what = "several configurations match" if matches else "no configuration matches"
     raise SweepError(f"{what} baseline {baseline!r}; configurations: {', '.join(labels)}. "
                      "Pass --baseline with one of them.")
-
-
-def _mean_ci(x: np.ndarray, confidence: float) -> tuple[float, float]:
-    from scipy import stats
-
-    if len(x) < 2:
-        return math.nan, math.nan
-    sem = stats.sem(x)
-    if sem == 0:  # every repeat gave the same value; scipy's interval is NaN for a zero scale
-        return float(x.mean()), float(x.mean())
-    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
-    return float(lo), float(hi)
 
 
 def _at(r: stats.TestResult, n: int, nb: int) -> str:
@@ -163,12 +125,8 @@ def _seeds(frame: pd.DataFrame) -> dict[int, float] | None:
 
 
 def _test(x: pd.DataFrame, b: pd.DataFrame, confidence: float) -> stats.TestResult:
-    """Paired by seed when both samples share at least two seeds (explicit plans run every
-    configuration with seeds seed, seed+1, ...); Welch otherwise (sampled searches)."""
-    xs, bs = _seeds(x), _seeds(b)
-    if xs is not None and bs is not None and len(set(xs) & set(bs)) >= 2:
-        return stats.paired_test(*stats.pair_by_seed(xs, bs), confidence)
-    return stats.welch_test(x["value"].to_numpy(float), b["value"].to_numpy(float), confidence)
+    return stats.compare_runs(_seeds(x), _seeds(b), x["value"].to_numpy(float), b["value"].to_numpy(float),
+                              confidence)
 
 
 def compare_samples(
@@ -215,7 +173,7 @@ def compare_samples(
     rows = []
     for lb in labels:
         x = values[lb]
-        lo, hi = _mean_ci(x, confidence)
+        lo, hi = stats.mean_ci(x, confidence)
         t = seconds[lb]
         mean_t = float(t.mean()) if len(t) else math.nan
         row: dict[str, Any] = {
@@ -356,8 +314,7 @@ def samples(every: list[Any], cfg: StudyConfig, name: str, metric: str) -> tuple
     """`trial_samples` of `every` trial of the study `name`: Optuna's, or `sweep.peek.Brief`s."""
     import pandas as pd
 
-    from sweep.record import CONFIG_INDEX
-    from sweep.runner.worker import state_name
+    from sweep.record import CONFIG_INDEX, state_name
 
     done = [t for t in every if state_name(t) == "COMPLETE"]
     done.sort(key=lambda t: (t.user_attrs.get(CONFIG_INDEX, math.inf), t.number))
@@ -401,6 +358,16 @@ def _compared(sampled: tuple[pd.DataFrame, int, str], name: str, metric: str, ba
     return dataclasses.replace(c, study=name, left_out=left_out)
 
 
+def _winner(study: str, storage: str | None) -> str | None:
+    """The label of a repeated study's configuration with the best mean of its own metric."""
+    from sweep import ranking
+    from sweep.record import load_study, stored_config
+
+    s = load_study(study, storage)
+    best = ranking.best_configuration(s.get_trials(deepcopy=False), stored_config(s).search.direction)
+    return best.label if best is not None else None
+
+
 def compare(study: str, storage: str | None = None, metric: str = "test_accuracy", baseline: str | None = None,
             confidence: float = 0.95, correction: str = "holm", effect: float | None = None) -> Comparison:
     """Per configuration: n, mean ± std and CI of `metric`; against `baseline`: the difference with
@@ -414,8 +381,20 @@ def compare(study: str, storage: str | None = None, metric: str = "test_accuracy
     """
     from sweep import peek
     from sweep.record import load_study, parse_stored
+    from sweep.runner.confirm import confirmation_of
     from sweep.storage import resolve
 
+    confirmed = confirmation_of(study, resolve(storage).optuna)
+    if confirmed is not None:
+        # a search whose finalists were trained again on fresh seeds (sweep confirm): those runs, paired
+        # by seed, answer; against the confirmed winner unless a baseline is named
+        try:
+            c = compare(confirmed, storage, metric, baseline or _winner(confirmed, storage), confidence, correction,
+                        effect)
+            return dataclasses.replace(c, study=f"{confirmed} (the confirmation of {study})")
+        except SweepError as e:
+            if "no complete trial" not in str(e):
+                raise
     # the trials' few columns compare reads, straight from Optuna's tables where it can (peek.py)
     read = peek.trials(resolve(storage).optuna, study, (*SAMPLE_ATTRS, metric))
     if read is not None and read[1] is not None:

@@ -18,9 +18,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sweep.console import Console
+
+if TYPE_CHECKING:
+    from sweep.config import SearchConfig
 
 log = logging.getLogger("sweep.progress")
 
@@ -223,12 +226,15 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def trial_done(view: View, metrics: tuple[str, ...], worker: str) -> Callable[[Any, Any], None]:
-    """After each trial: its line (state, values or reason, params, time, the best so far) and the
-    study's count of finished trials for the footer."""
+def trial_done(view: View, search: SearchConfig, worker: str) -> Callable[[Any, Any], None]:
+    """After each trial: its line (state, values or reason, params, time, the best so far: with
+    repeats, the best configuration by mean) and the study's count of finished trials for the footer."""
+    from sweep import ranking
     from sweep.record import FAIL_REASON
     from sweep.runner.worker import done
     from sweep.tracking.runs import short
+
+    metrics = search.metrics
 
     def callback(study: Any, trial: Any) -> None:
         params = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
@@ -240,7 +246,10 @@ def trial_done(view: View, metrics: tuple[str, ...], worker: str) -> Callable[[A
             last = trial.last_step
             outcome = f"at epoch {last + 1}" if last is not None else ""
         secs = trial.duration.total_seconds() if trial.duration else 0.0
-        if len(metrics) > 1:  # no single best trial: Optuna's Pareto front (best_trial raises)
+        if ranking.repeated(search):
+            top = ranking.best_configuration(study.get_trials(deepcopy=False), search.direction)
+            best = f"best: {top.label} mean {top.mean:.4f} (n={top.n})" if top else "best: none yet"
+        elif len(metrics) > 1:  # no single best trial: Optuna's Pareto front (best_trial raises)
             front = sorted(t.number for t in study.best_trials)
             best = f"Pareto front: trial(s) {', '.join(map(str, front))}" if front else "Pareto front: none yet"
         else:

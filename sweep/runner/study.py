@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep import config as config_mod
 from sweep import data as data_mod
-from sweep import search
+from sweep import ranking, search
 from sweep.errors import ConfigError
-from sweep.record import CONFIG_ATTR, PARENT_ATTR, load_study, stored_config  # noqa: F401 (re-exported)
+from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, load_study,  # noqa: F401 (re-exported)
+                          stored_config)
 from sweep.runner import handover
 from sweep.runner import objective as obj
 from sweep.runner import progress
@@ -46,7 +47,8 @@ ONLY_RAISED = {"search.repeats"}
 # resumes with the new one rather than being refused
 # which trials keep their model (tracking.keep_models) is the file's to say on every run: the
 # models of trials that fall out are deleted from then on, the recorded trials do not change
-RESUMABLE_PREFIXES = ("search.pruner", "tracking.")
+# `confirm` says what happens once the search is done, not what a trial of it means
+RESUMABLE_PREFIXES = ("search.pruner", "tracking.", "confirm")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -312,7 +314,10 @@ def _summarize(p: Prepared) -> None:
     metrics.update({f"trials_{s.lower()}": n for s, n in Counter(t.state.name for t in trials).items()})
     tags: dict[str, str] = {}
     if any(t.state == TrialState.COMPLETE for t in trials):
-        if len(search_cfg.metrics) == 1:
+        if ranking.repeated(search_cfg):
+            more_metrics, tags = _best_configuration(trials, search_cfg.metric, search_cfg.direction)
+            metrics.update(more_metrics)
+        elif len(search_cfg.metrics) == 1:
             best = p.study.best_trial
             metrics[f"best_{search_cfg.metric}"] = float(best.value)
             tags = {"sweep.best.trial": str(best.number),
@@ -323,7 +328,48 @@ def _summarize(p: Prepared) -> None:
             tags = {"sweep.pareto.trials": ",".join(map(str, front))}
     if complete and "sweep.best.trial" in tags:
         tags.update(_promote(p))
+    if p.study.user_attrs.get(CONFIRMS):
+        tags[CONFIRMS] = p.study.user_attrs[CONFIRMS]
+        _tag_search(p)
     p.tracker.summarize_parent(p.parent, metrics, tags, finished=complete)
+
+
+def _tag_search(p: Prepared) -> None:
+    """A confirmation names itself on its search's MLflow parent run (the Optuna studies name each
+    other already, sweep/runner/confirm.py), so the UI leads from one to the other."""
+    search = p.study.user_attrs[CONFIRMS]
+    try:
+        parent = load_study(search, p.stores.optuna).user_attrs.get(PARENT_ATTR)
+        if parent:
+            p.tracker.client.set_tag(parent, CONFIRMED_BY, p.cfg.study)
+    except Exception as e:  # noqa: BLE001 - MlflowException, SweepError: a tag, the next run writes it again
+        log.warning("could not tag study %s's parent run with its confirmation %s: %s", search, p.cfg.study,
+                    mask(str(e).splitlines()[0] if str(e) else type(e).__name__))
+
+
+def _best_configuration(trials: list[optuna.trial.FrozenTrial], metric: str, direction: str
+                        ) -> tuple[dict[str, float], dict[str, str]]:
+    """A repeated study's summary: the configuration with the best mean over its seeds, its verdict
+    against the others and its representative repeat (sweep/ranking.py); the single best trial
+    beside it, under its own name."""
+    import math
+
+    from sweep import stats
+
+    j = ranking.judge(ranking.configurations(trials), metric, direction)
+    best = j.best
+    lo, hi = stats.mean_ci(best.values, j.confidence)
+    sign = 1.0 if direction == "maximize" else -1.0
+    single = max((t for t in trials if t.state.name == "COMPLETE" and t.values), key=lambda t: sign * t.values[0])
+    rep = next(t for t in trials if t.number == best.representative)
+    metrics = {f"best_{metric}": best.mean, "best_n": float(best.n), f"best_trial_{metric}": float(single.values[0])}
+    metrics.update({k: v for k, v in ((f"best_{metric}_std", best.std), (f"best_{metric}_ci_low", lo),
+                                      (f"best_{metric}_ci_high", hi)) if not math.isnan(v)})
+    tags = {"sweep.best.trial": str(rep.number), "sweep.best.configuration": best.label,
+            "sweep.best.judged_by": f"mean {metric} over {best.n} seed(s); model: {ranking.REPRESENTATIVE}",
+            "sweep.best.verdict": j.verdict[:5000], "sweep.best_trial.trial": str(single.number),
+            **{f"sweep.best.{k}": str(v) for k, v in rep.params.items()}}
+    return metrics, tags
 
 
 def _promote(p: Prepared) -> dict[str, str]:
@@ -334,7 +380,13 @@ def _promote(p: Prepared) -> dict[str, str]:
 
     try:
         with study_lock(p.stores.optuna, p.cfg.study):
-            version, changed, trial = registry.promote_best(p.study, p.cfg.search.metrics, p.tracker.client)
+            version, changed, trial = registry.promote_best(p.study, p.cfg.search, p.tracker.client)
+        search = p.study.user_attrs.get(CONFIRMS)
+        if search:  # a confirmation: its winner is its search's @best too
+            with study_lock(p.stores.optuna, search):
+                s = load_study(search, p.stores.optuna)
+                registry.promote_best(s, stored_config(s).search, p.tracker.client)
+            log.info("best model of study %s: models:/%s@%s, the confirmed winner", search, search, registry.ALIAS)
     except Exception as e:  # noqa: BLE001 - MlflowException, SweepError, requests errors
         log.warning("could not register the best model as %s@%s: %s; `sweep promote %s` tries again",
                     p.cfg.study, registry.ALIAS, mask(str(e).splitlines()[0] if str(e) else type(e).__name__),
@@ -384,7 +436,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     def heartbeat(trial_id: int) -> Heartbeat:
         return Heartbeat(p.rdb, trial_id, interval)
 
-    callbacks = [progress.trial_done(shown, cfg.search.metrics, name)]
+    callbacks = [progress.trial_done(shown, cfg.search, name)]
     keeper = None if cfg.tracking.keep_models == "all" else Keeper(cfg, p.tracker, obj.RUN_ID)
     if keeper is not None:
         callbacks.append(keeper)

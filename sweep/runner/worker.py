@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, Un
 
 from sweep.errors import TrialFailed
 from sweep.storage import study_lock
+from sweep.record import state_name  # noqa: F401 (sweep.runner.status reads it from here)
 
 if TYPE_CHECKING:
     import optuna
@@ -136,10 +137,6 @@ def done(trials: list[T]) -> list[T]:
     gone = superseded(trials)
     return [t for t in trials if t.number not in gone and (
         state_name(t) in ("COMPLETE", "PRUNED") or (state_name(t) == "FAIL" and not t.user_attrs.get(INTERRUPTED)))]
-
-
-def state_name(t: Any) -> str:
-    return getattr(t.state, "name", t.state)
 
 
 def target(search: SearchConfig, plan: list[Any] | None) -> int:

@@ -4,7 +4,8 @@ Every complete trial logs its Keras model (5.2 MB for the seed CNN on 28x28 inpu
 10,000 trials would write 50 GB, nearly all of it models of trials that lost. MLflow has no
 retention rule for logged models (what Ray Tune calls `CheckpointConfig(num_to_keep=...)`), so
 sweep owns this one: after each finished trial, the K best complete trials by the study's metric
-(with several metrics, the whole Pareto front) keep their model, and every other finished trial's
+(with several metrics, the whole Pareto front; with configurations repeated over seeds, the
+representative repeat of each of the K best configurations by mean) keep their model, and every other finished trial's
 model is deleted through MLflow's own API: its files through the artifact repository MLflow gives
 for the model's location (a local folder, or the tracking server's proxied store under `sweep
 server`), then the LoggedModel itself (`MlflowClient.delete_logged_model`). Params, metrics,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from sweep.config import StudyConfig
+    from sweep.config import SearchConfig, StudyConfig
     from sweep.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,26 @@ log = logging.getLogger(__name__)
 DELETED_TAG = "sweep.model_deleted"  # on a trial's run: why its model is gone
 
 
-def kept(study: optuna.Study, trials: Iterable[FrozenTrial], keep: int | str) -> set[int]:
-    """The numbers of the finished trials whose model stays: the `keep` best complete ones (ties:
-    the earlier trial), or for several metrics the Pareto front; every complete one for `all`."""
+def kept(study: optuna.Study, trials: Iterable[FrozenTrial], keep: int | str,
+         search: SearchConfig | None = None) -> set[int]:
+    """The numbers of the trials whose model stays: the `keep` best complete ones (ties: the
+    earlier trial), or for several metrics the Pareto front; every complete one for `all`. Where
+    configurations are repeated over seeds (`search.repeats` > 1), the representative repeat of
+    each of the `keep` best configurations by mean, every model of a configuration still running
+    its repeats (sweep/ranking.py). `trials`: every trial of the study, running ones included."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
+    from sweep import ranking
+
+    trials = list(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if keep == "all":
         return {t.number for t in complete}
     if len(study.directions) > 1:
         return {t.number for t in study.best_trials}
+    if search is not None and ranking.repeated(search):
+        return ranking.kept_models(trials, search.direction, search.repeats, int(keep))
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     ranked = sorted(complete, key=lambda t: (sign * t.value, t.number))
     return {t.number for t in ranked[: int(keep)]}
@@ -55,15 +65,16 @@ class Keeper:
 
     def __init__(self, cfg: StudyConfig, tracker: Tracker, run_id_attr: str) -> None:
         self.keep = cfg.tracking.keep_models
+        self.search = cfg.search
         self.tracker = tracker
         self.run_id_attr = run_id_attr
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         from optuna.trial import TrialState
 
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                            TrialState.FAIL))
-        stay = kept(study, finished, self.keep)
+        every = study.get_trials(deepcopy=False)
+        finished = [t for t in every if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        stay = kept(study, every, self.keep, self.search)
         drop = {t.user_attrs[self.run_id_attr]: t.number for t in finished
                 if t.number not in stay and t.user_attrs.get(self.run_id_attr)}
         if drop:

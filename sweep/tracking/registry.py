@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from optuna.trial import FrozenTrial
 
+    from sweep.config import SearchConfig
+
 log = logging.getLogger(__name__)
 
 ALIAS = "best"
@@ -53,7 +55,7 @@ def registered_model_ids(client: MlflowClient, name: str) -> set[str]:
 
 
 def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str, metrics: list[str],
-            run_id: str | None) -> tuple[ModelVersion, bool]:
+            run_id: str | None, extra_tags: dict[str, str] | None = None) -> tuple[ModelVersion, bool]:
     """Register `trial`'s model (`model_uri`, `models:/m-...`) as a version of the registered model
     `study` and point the alias `best` at it. Returns (the version, whether anything changed)."""
     from mlflow.exceptions import MlflowException
@@ -74,6 +76,7 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
     if len(values) == 1:
         tags["sweep.value"] = repr(float(values[0]))
     tags.update({f"sweep.param.{k}": str(v) for k, v in trial.params.items()})
+    tags.update(extra_tags or {})
     for k in ("test_accuracy", "test_loss"):
         if trial.user_attrs.get(k) is not None:
             tags[f"sweep.{k}"] = repr(float(trial.user_attrs[k]))
@@ -90,15 +93,31 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
     return version, True
 
 
-def promote_best(study: Any, metrics: list[str], client: MlflowClient, trial: int | None = None
+def promote_best(study: Any, search: SearchConfig, client: MlflowClient, trial: int | None = None
                  ) -> tuple[ModelVersion, bool, FrozenTrial]:
-    """Promote the study's best trial (or trial number `trial`): its logged model becomes
-    `models:/STUDY@best`. A study of several metrics has no single best: name a trial."""
+    """Promote the study's best (or trial number `trial`): its logged model becomes
+    `models:/STUDY@best`. Where configurations are repeated over seeds, the best is the
+    configuration with the best mean, and its representative repeat's model is registered
+    (sweep/ranking.py), tagged with the configuration, its mean and n. A study of several metrics
+    has no single best: name a trial."""
     from optuna.trial import TrialState
 
-    from sweep.record import MODEL_URI, RUN_ID
+    from sweep import ranking
+    from sweep.record import CONFIRMED_BY, MODEL_URI, RUN_ID
 
     name = study.study_name
+    extra: dict[str, str] = {}
+    if trial is None and study.user_attrs.get(CONFIRMED_BY):
+        # a search whose finalists were trained again on fresh seeds: @best is the confirmed winner
+        study, search, extra = _confirmation(study, search)
+    metrics = list(search.metrics)
+    if trial is None and ranking.repeated(search):
+        best = ranking.best_configuration(study.get_trials(deepcopy=False), search.direction)
+        if best is None:
+            raise SweepError(f"study {name!r} has no complete trial yet: nothing to promote")
+        trial = best.representative
+        extra = {**extra, "sweep.configuration": best.label, "sweep.mean": repr(best.mean), "sweep.n": str(best.n),
+                 "sweep.representative": ranking.REPRESENTATIVE}
     if trial is None:
         if len(metrics) > 1:
             raise SweepError(f"study {name!r} has several metrics and no single best trial; pass --trial "
@@ -119,5 +138,23 @@ def promote_best(study: Any, metrics: list[str], client: MlflowClient, trial: in
         uri = client.get_run(run_id).data.tags.get("sweep.model_uri")
     if not uri:
         raise SweepError(f"trial {t.number} of study {name!r} has no logged model to register")
-    version, changed = promote(client, name, t, uri, list(metrics), run_id)
+    version, changed = promote(client, name, t, uri, metrics, run_id, extra)
     return version, changed, t
+
+
+def _confirmation(search_study: Any, search: SearchConfig) -> tuple[Any, SearchConfig, dict[str, str]]:
+    """The study that confirms `search_study` (same storage) and its search config, once it has a
+    complete run; else the search itself."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.record import CONFIRMED_BY, stored_config
+
+    name = search_study.user_attrs[CONFIRMED_BY]
+    try:
+        confirmation = optuna.load_study(study_name=name, storage=search_study._storage)
+    except KeyError:
+        return search_study, search, {}
+    if not confirmation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return search_study, search, {}
+    return confirmation, stored_config(confirmation).search, {"sweep.confirmed_in": name}

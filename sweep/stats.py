@@ -12,6 +12,10 @@ for a standardized mean difference under normality. Power, the minimum detectabl
 the repeats a named difference needs come from the same noncentral t (two-sided test).
 Multiple comparisons: Holm's step-down, written here because SciPy has no Holm (its
 `false_discovery_control` is Benjamini-Hochberg, offered as the alternative).
+Beside the difference: the probability of improvement, P(X > Y) over every pair of runs with
+ties counted half, as rliable reports it (Agarwal et al. 2021: the Mann-Whitney U statistic over
+n·m), with a percentile bootstrap interval (`scipy.stats.bootstrap`; seeds resampled together
+when the runs are paired).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ WELCH = "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided"
 D_Z = "Cohen's d_z: mean of the per-seed differences / their std"
 D_POOLED = "Cohen's d: difference of means / pooled std"
 CORRECTIONS = ("holm", "bh")
+CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 POWER = 0.8
 MAX_REPEATS = 100_000  # repeats_needed stops looking here (a difference that small is noise)
 
@@ -49,6 +54,20 @@ class TestResult:
 
 
 NAN2 = (math.nan, math.nan)
+
+
+def mean_ci(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Student t interval of the mean; NaN below two values, a point when they are all equal."""
+    from scipy import stats
+
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return NAN2
+    sem = stats.sem(x)
+    if sem == 0:  # every repeat gave the same value; scipy's interval is NaN for a zero scale
+        return float(x.mean()), float(x.mean())
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
+    return float(lo), float(hi)
 
 
 def pair_by_seed(x: dict[int, float], base: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +93,46 @@ def paired_test(x: np.ndarray, base: np.ndarray, confidence: float) -> TestResul
         eff = diff / sd
         eff_ci = _d_interval(eff * math.sqrt(n), n - 1, math.sqrt(n), confidence)
     return TestResult(PAIRED, n, n, diff, ci, p, D_Z, eff, eff_ci, (sd,))
+
+
+def compare_runs(x: dict[int, float] | None, base: dict[int, float] | None, x_values: np.ndarray,
+                 base_values: np.ndarray, confidence: float) -> TestResult:
+    """The test that fits the design: paired by seed when both samples give each seed once and share
+    at least two (explicit plans run every configuration with seeds seed, seed+1, ...); Welch's
+    otherwise (sampled searches). `x`, `base`: value by seed, or None when seeds are missing or
+    repeated."""
+    if x is not None and base is not None and len(set(x) & set(base)) >= 2:
+        return paired_test(*pair_by_seed(x, base), confidence)
+    return welch_test(x_values, base_values, confidence)
+
+
+def _superiority(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """P(X > Y) + P(X = Y) / 2 over every pair (x_i, y_j), along `axis` (batched for the bootstrap)."""
+    x = np.moveaxis(np.asarray(x, float), axis, -1)[..., :, None]
+    y = np.moveaxis(np.asarray(y, float), axis, -1)[..., None, :]
+    return ((x > y) + 0.5 * (x == y)).mean(axis=(-2, -1))
+
+
+def prob_improvement(x: np.ndarray, y: np.ndarray, confidence: float, paired: bool = False,
+                     resamples: int = 2000) -> tuple[float, tuple[float, float]]:
+    """P(a run of X beats a run of Y): the share of the n·m pairs of runs in which X is higher, a tie
+    counting half (rliable's `probability_of_improvement`), with its percentile bootstrap interval.
+    `paired`: x[i] and y[i] share a seed, and a resample keeps the pairs together. The bootstrap is
+    seeded, so the same runs give the same interval. NaN below two runs on either side."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0 or len(y) == 0:
+        return math.nan, NAN2
+    p = float(_superiority(x, y))
+    if len(x) < 2 or len(y) < 2:
+        return p, NAN2
+    with warnings.catch_warnings():  # every resample equal (one side always higher): a point interval
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((x, y), _superiority, paired=paired, vectorized=True, n_resamples=resamples,
+                              confidence_level=confidence, method="percentile", rng=np.random.default_rng(0))
+    ci = res.confidence_interval
+    return p, (float(ci.low), float(ci.high))
 
 
 def welch_test(x: np.ndarray, base: np.ndarray, confidence: float) -> TestResult:
