@@ -507,9 +507,9 @@ def confirm_options(data: dict[str, Any]) -> ConfirmConfig:
     try:
         return ConfirmConfig(**{k: v for k, v in data.items() if v is not None})
     except ValidationError as e:
-        flags = [p.replace("(top level): ", "").replace("study: ", "--name: ") for p in _problems(e)]
-        raise ConfigError("sweep confirm", [p if p.startswith(("give", "--name")) else f"--{p}" for p in flags]) \
-            from None
+        flags = [p.replace("(top level): ", "").replace("study: ", "--name: ").replace("`top` or `per`", "--top or --per")
+                 for p in _problems(e)]
+        raise ConfigError("sweep confirm", [p if p.startswith(("give", "--")) else f"--{p}" for p in flags]) from None
 
 
 class ModelConfig(Strict):

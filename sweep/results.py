@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 ONE_SEED = ("one seed decided: every configuration ran once, so the best trial is as much the luckiest seed "
-            "as the best configuration; run the configurations with `search.repeats` to test it")
+            "as the best configuration; `sweep confirm STUDY` trains the finalists again on fresh seeds to test it")
 # the trial attributes best_config reads of every trial of a repeated study (sweep/peek.py reads only these)
 BEST_ATTRS = (obj.SEED, obj.CONFIG_INDEX, obj.RUN_ID, obj.MODEL_URI, "input_shape", "num_classes", "test_accuracy")
 
@@ -110,25 +110,15 @@ def _confirmed(study: str, confirmation: str, stores: Any, storage: str | None, 
         out = best_config(confirmation, storage, tracking_uri)
     except SweepError:
         return None
-    read = peek.trials(stores.optuna, study, (obj.SEED, obj.CONFIG_INDEX))
-    trials = read[0] if read is not None else load_study(study, storage).get_trials(deepcopy=False)
-    sign = 1.0 if out["direction"] == "maximize" else -1.0
-    in_search = {}
-    for c in ranking.configurations(trials):
-        value, trial = max(zip(c.values, c.trials), key=lambda vt: (sign * vt[0], -vt[1]))
-        in_search[repr(sorted(c.params.items()))] = (trial, value)
-    finalists = []
-    for c in out["judgement"]["configurations"]:
-        trial, value = in_search.get(repr(sorted(c["params"].items())), (None, math.nan))
-        finalists.append({"config": c["config"], "params": c["params"], "search_trial": trial,
-                          "search_value": None if math.isnan(value) else value, "n": c["n"], "mean": c["mean"],
-                          "seeds": c["seeds"], "values": c["values"]})
+    def every(name: str) -> list[Any]:
+        read = peek.trials(stores.optuna, name, (obj.SEED, obj.CONFIG_INDEX))
+        return read[0] if read is not None else load_study(name, storage).get_trials(deepcopy=False)
+
+    finalists = confirm.finalist_rows(every(study), every(confirmation), out["direction"])
     winner = finalists[0]
-    opt = confirm.optimism(winner["search_value"] if winner["search_value"] is not None else math.nan, out["value"],
-                           out["direction"])
     out.update({"study": study, "judged_by": "confirmation", "confirmation": confirmation,
                 "search_trial": winner["search_trial"], "search_value": winner["search_value"],
-                "optimism": None if math.isnan(opt) else opt, "finalists": finalists})
+                "optimism": winner["optimism"], "finalists": finalists})
     return out
 
 

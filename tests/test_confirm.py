@@ -126,6 +126,11 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     assert len(done) == 6
     distinct = len({json.dumps(sweep.models.activations.resolve_params(t.params), sort_keys=True) for t in done})
 
+    # before: one seed decided, and sweep best says so
+    before = json.loads(_cli(["best", "rs", "--json"], tmp_path, storage, tracking).stdout)
+    assert before["judged_by"] == "trial" and before["trial"] == search.best_trial.number
+    assert before["note"].startswith("one seed decided") and "sweep confirm" in before["note"]
+
     r = _cli(["confirm", "rs", "--top", str(distinct + 1)], tmp_path, storage, tracking)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: --top {distinct + 1}: study 'rs' has {distinct} distinct complete configuration(s); "
@@ -187,6 +192,16 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     rep = next(t for t in trials if t.number == winner.representative)
     assert version.source == rep.user_attrs["mlflow_model_uri"] and version.tags["sweep.confirmed_in"] == "rs-confirm"
     assert version.tags["sweep.configuration"] == winner.label
+
+    # report on the search: the finalists' per-seed values beside their search values
+    r = _cli(["report", "rs", "--metric", "val_accuracy", "--out", str(tmp_path / "rep")], tmp_path, storage, tracking)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md.split("## Confirmation", 1)[1].split("\n## ", 1)[0]
+    for f in b["finalists"]:
+        per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in zip(f["seeds"], f["values"]))
+        assert (f"| {f['config']} | {f['search_trial']} | {f['search_value']:.4f} | {f['mean']:.4f} ± "
+                f"{f['std']:.4f} (3) | {per_seed} | {f['optimism']:+.4f} |") in section, section
 
     # more repeats: only the missing seed of each finalist
     r = _cli(["confirm", "rs", "--top", "2", "--repeats", "4"], tmp_path, storage, tracking)
@@ -283,5 +298,26 @@ def test_a_confirmation_with_two_workers_on_postgresql_trains_each_run_once(tmp_
         assert len(pairs) == 6
         assert json.loads(_cli(["best", "pg", "--json"], tmp_path, storage, server).stdout)["judged_by"] == \
             "confirmation"
+    finally:
+        drop()
+
+
+@pytest.mark.postgres
+def test_workers_of_a_search_with_a_confirm_section_go_on_to_its_confirmation(tmp_path: Path, mnist_path: Path,
+                                                                            server: str) -> None:
+    """`sweep run FILE --workers 2`: two `sweep worker` processes run the search, then both take the
+    confirmation's trials; each (finalist, seed) is trained once."""
+    if not POSTGRES_URL:
+        skip_or_fail_without_postgres()
+    storage, drop = postgres_database(POSTGRES_URL)
+    try:
+        path = write_study(tmp_path, _search(mnist_path, "pgsec", confirm={"top": 2, "repeats": 3}))
+        r = _cli(["run", str(path), "--workers", "2"], tmp_path, storage, server)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len(_study(storage, "pgsec").get_trials(states=(TrialState.COMPLETE,))) == 6
+        trials = _study(storage, "pgsec-confirm").get_trials()
+        assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials), r.stderr[-3000:]
+        assert len({t.user_attrs["worker"] for t in trials}) == 2
+        assert len({(json.dumps(t.params, sort_keys=True), t.user_attrs[SEED]) for t in trials}) == 6
     finally:
         drop()

@@ -23,7 +23,7 @@ from sweep.errors import SweepError
 from sweep.models import activation_layers
 from sweep.plots import save_with_legend_below
 from sweep.storage import mask, resolve
-from sweep.record import PARENT_ATTR, load_study, stored_config
+from sweep.record import CONFIRMED_BY, PARENT_ATTR, load_study, stored_config
 
 if TYPE_CHECKING:
     import optuna
@@ -205,6 +205,34 @@ def _front_line(study: optuna.Study, metrics: tuple[str, ...], directions: list[
     return f"Pareto front ({aims}), {len(front)} trial(s), `sweep best` lists them: {each}."
 
 
+def _confirmation(search: optuna.Study, name: str, storage: str, metric: str, direction: str) -> list[str]:
+    """The search's finalists as its confirmation trained them (sweep confirm): per seed, beside
+    the value that made each a finalist."""
+    from sweep import ranking
+    from sweep.runner.confirm import finalist_rows
+
+    trials = load_study(name, storage).get_trials(deepcopy=False)
+    rows = finalist_rows(search.get_trials(deepcopy=False), trials, direction)
+    head = ["", "## Confirmation", ""]
+    if not rows:
+        return head + [f"Study `{name}` confirms this search's finalists on fresh seeds; it has no complete run yet."]
+    verdict = ranking.judge(ranking.configurations(trials), metric, direction).verdict
+    seeds = rows[0]["seeds"]
+    out = head + [f"Study `{name}` trained this search's finalists again on seeds {', '.join(map(str, seeds))}, "
+                  f"none of them used by the search, the same for each. {metric}, best confirmed mean first; "
+                  f"the winner, `{rows[0]['config']}`, is {verdict}.", "",
+                  "| finalist | search trial | search value | confirmed mean ± std (n) | per seed | search − confirmed |",
+                  "|---|--:|--:|--:|---|--:|"]
+    for r in rows:
+        per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["seeds"], r["values"]))
+        std = "n/a" if r["std"] is None else f"{r['std']:.4f}"
+        search_value = "n/a" if r["search_value"] is None else f"{r['search_value']:.4f}"
+        opt = "n/a" if r["optimism"] is None else f"{r['optimism']:+.4f}"
+        out.append(f"| {r['config']} | {r['search_trial']} | {search_value} | {r['mean']:.4f} ± {std} ({r['n']}) | "
+                   f"{per_seed} | {opt} |")
+    return out
+
+
 def _dead_table(hist: dict[str, dict[str, list[np.ndarray]]], layers: tuple[str, ...]) -> str:
     rows = ["| configuration | " + " | ".join(layers) + " |", "|---|" + "--:|" * len(layers)]
     for config, h in hist.items():
@@ -287,6 +315,8 @@ def report(study: str, out: str | Path | None = None, storage: str | None = None
         "", f"Optuna storage `{mask(stores.optuna)}`; MLflow `{mask(stores.tracking)}`, parent run `{parent}`.",
         "", "## Comparison", "", format_comparison(comparison, markdown=True), f"Table as CSV: [{TABLE}]({TABLE})",
     ]
+    if s.user_attrs.get(CONFIRMED_BY):
+        text += _confirmation(s, s.user_attrs[CONFIRMED_BY], stores.optuna, cfg.search.metric, cfg.search.direction)
     sections = {"accuracy.png": "## Training curves", "dead_fraction.png": "## Dying units",
                 "prelu_alphas.png": "## PReLU alphas", "optuna_history.png": "## Optuna",
                 "optuna_pareto_front.png": "## Optuna"}

@@ -153,6 +153,25 @@ def confirmation_of(study: str, storage: str) -> str | None:
     return found.get(CONFIRMED_BY)
 
 
+def finalist_rows(search_trials: list[Any], confirmation_trials: list[Any], direction: str) -> list[dict[str, Any]]:
+    """Each finalist's confirmed runs beside its best run in the search, best confirmed mean first:
+    config, params, search_trial, search_value, n, mean, std, seeds, values, optimism."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    in_search = {}
+    for c in ranking.configurations(search_trials):
+        value, trial = max(zip(c.values, c.trials), key=lambda vt: (sign * vt[0], -vt[1]))
+        in_search[repr(sorted(c.params.items()))] = (trial, value)
+    rows = []
+    for c in ranking.ranked(ranking.configurations(confirmation_trials), direction):
+        trial, value = in_search.get(repr(sorted(c.params.items())), (None, math.nan))
+        opt = optimism(value, c.mean, direction)
+        rows.append({"config": c.label, "params": c.params, "search_trial": trial,
+                     "search_value": None if math.isnan(value) else value, "n": c.n, "mean": c.mean,
+                     "std": None if math.isnan(c.std) else c.std, "seeds": list(c.seeds), "values": list(c.values),
+                     "optimism": None if math.isnan(opt) else opt})
+    return rows
+
+
 def optimism(search_value: float, confirmed_mean: float, direction: str) -> float:
     """How much better the search said the winner was than its confirmed mean (positive: optimistic)."""
     sign = 1.0 if direction == "maximize" else -1.0
