@@ -330,6 +330,41 @@ def test_interrupted_trial_is_rerun_on_resume(tmp_path: Path, tiny_npz: Path, op
     assert runs[0].info.status == "KILLED" and runs[0].data.tags["optuna.state"] == "INTERRUPTED"
 
 
+@on_backend("sqlite")
+def test_a_stop_during_a_trials_set_up_marks_it_interrupted_too(tmp_path: Path, tiny_npz: Path, optuna_url: str,
+                                                               tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """A real SIGINT that lands while the trial's MLflow run is being created, before training:
+    the trial is marked for resume like one stopped mid-epoch (it was a plain FAIL, seen in CI
+    with Ctrl-C of four workers), and the resume trains the plan exactly once."""
+    import signal
+
+    from sweep.tracking.runs import Tracker
+
+    real = Tracker.start_trial
+    calls = []
+
+    def start_trial(self: Tracker, *a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the second trial, its first trial done
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Tracker, "start_trial", start_trial)
+    d = study_dict(tiny_npz)
+    d["training"]["epochs"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, d, optuna_url, tracking_uri)
+    first = [(t.state, t.user_attrs.get(obj.INTERRUPTED)) for t in optuna.load_study(
+        study_name="tiny", storage=optuna_url).get_trials()]
+    assert first == [(TrialState.COMPLETE, None), (TrialState.FAIL, True), (TrialState.WAITING, None)]
+    monkeypatch.setattr(Tracker, "start_trial", real)
+    study = sweep.run("tiny", storage=optuna_url, tracking_uri=tracking_uri)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(study.get_trials()) == 4
+    assert sorted(t.params["activation"] for t in complete) == ["leaky_relu", "prelu", "relu"]
+
+
 @on_backend("postgresql")
 def test_changed_study_file_is_refused_but_budget_may_grow(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                            tracking_uri: str) -> None:

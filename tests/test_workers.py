@@ -305,7 +305,9 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     assert len(stopped) >= 2 and all(t.user_attrs.get(obj.INTERRUPTED) for t in stopped)
     _, runs = _runs(mlflow_server, "ctrlc")
     by_id = {r.info.run_id: r for r in runs}
-    assert all(by_id[t.user_attrs[obj.RUN_ID]].info.status == "KILLED" for t in stopped)
+    # a trial stopped before its MLflow run existed has none (tests/test_study.py covers that case)
+    assert all(by_id[t.user_attrs[obj.RUN_ID]].info.status == "KILLED" for t in stopped
+               if t.user_attrs.get(obj.RUN_ID))
     assert all(r.info.status != "RUNNING" for r in runs)
 
     out = _finish(_sweep(["run", "ctrlc", "--workers", "2"], env, tmp_path))

@@ -109,6 +109,15 @@ def make_objective(
     datasets = tracker.datasets(data)  # MLflow dataset inputs: every array hashed once, not per trial
 
     def objective(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
+        try:
+            return run_trial(trial)
+        except KeyboardInterrupt:
+            # wherever the stop lands (sampling, MLflow's run being created, training), the trial
+            # is marked for resume: otherwise a stop during set-up leaves a plain FAIL
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+
+    def run_trial(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
         import keras
         import optuna
         from optuna_integration import KerasPruningCallback
@@ -156,7 +165,6 @@ def make_objective(
             _safe_end(run, "PRUNED")
             raise
         except KeyboardInterrupt as e:
-            trial.set_user_attr(INTERRUPTED, True)
             _safe_end(run, "INTERRUPTED", f"interrupted ({e or 'SIGINT'}); run again on resume")
             raise
         except ServiceError:
