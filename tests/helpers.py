@@ -8,6 +8,67 @@ from typing import Any, Callable
 import yaml
 
 
+def weights_digest(model: Any) -> str:
+    """The model's weights, bit for bit, as one hash: two loads are the same model when these are
+    equal (two trials' models never share it; their seeds and updates differ). Fresh processes in
+    tests import this file to print it."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def recorded_test_metrics(model: Any, npz: Path | str) -> tuple[float, float]:
+    """(loss, accuracy) of `model` on a Keras-layout .npz's test images, scaled as sweep scales
+    them, to compare with the test_loss and test_accuracy its trial recorded. They tell two
+    trials' models apart only where the losses differ (not on data so easy that both are ~0)."""
+    import keras
+    import numpy as np
+
+    with np.load(npz) as f:
+        x, y = f["x_test"].astype("float32")[..., None] / 255.0, f["y_test"]
+    p = np.asarray(model.predict(x, verbose=0))
+    return float(keras.losses.SparseCategoricalCrossentropy()(y, p)), float((p.argmax(1) == y).mean())
+
+
+TESTS = Path(__file__).resolve().parent  # on a fresh process's sys.path: `from helpers import weights_digest`
+
+
+_STORAGES: dict[str, Any] = {}
+
+
+def watch_study(storage: str, name: str) -> Any:
+    """The study as another process sees it, for tests that poll it while workers run. One
+    storage per URL, without a pool: a poll many times a second must neither hold connections the
+    workers need nor open a new pool each time (PostgreSQL then refuses: too many clients)."""
+    import optuna
+    import sqlalchemy as sa
+
+    if storage not in _STORAGES:
+        _STORAGES[storage] = optuna.storages.RDBStorage(
+            storage.replace("postgresql://", "postgresql+psycopg2://", 1),
+            engine_kwargs={"poolclass": sa.pool.NullPool})
+    return optuna.load_study(study_name=name, storage=_STORAGES[storage])
+
+
+RENDEZVOUS = "rendezvous.py:Rendezvous"  # tests/rendezvous.py, a custom activation
+
+
+def rendezvous(cwd: Path, n: int = 2) -> dict[str, str]:
+    """Make `RENDEZVOUS` usable from `cwd`, and the environment in which the first `n` processes to
+    train through it wait for one another (tests/rendezvous.py)."""
+    import shutil
+
+    shutil.copy(TESTS / "rendezvous.py", cwd / "rendezvous.py")
+    folder = cwd / "rendezvous"
+    folder.mkdir()
+    return {"SWEEP_TEST_RENDEZVOUS": str(folder), "SWEEP_TEST_RENDEZVOUS_N": str(n)}
+
+
 def study_dict(data_path: Path | str, **search: Any) -> dict[str, Any]:
     """A small study over a local .npz, with the search section overridable."""
     base_search: dict[str, Any] = {

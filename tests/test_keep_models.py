@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
-from helpers import free_port, study_dict, write_study
+from helpers import free_port, study_dict, weights_digest, write_study
 from mlflow import MlflowClient
 
 import sweep
@@ -94,7 +94,15 @@ def test_keep_models_2_leaves_the_two_best_models(where: str, tmp_path: Path, ti
             assert "tracking.keep_models: 2" in run.data.tags[DELETED_TAG]
 
     best = sweep.load_model(name, storage=storage, tracking_uri=tracking)
-    assert best.count_params() > 0
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)
+    try:  # the kept models, each by its trial's own URI
+        digests = {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[obj.MODEL_URI]))
+                   for t in trials if t.number in best_two}
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(set(digests.values())) == 2 and weights_digest(best) == digests[study.best_trial.number]
     # the completed study registered its best model (sweep/tracking/registry.py), here too
     registered = client.get_model_version_by_alias(name, "best")
     assert registered.tags["sweep.trial"] == str(study.best_trial.number)
@@ -123,6 +131,50 @@ def test_a_study_stored_before_keep_models_keeps_every_model(tmp_path: Path, tin
     assert len(client.search_logged_models(experiment_ids=[exp.experiment_id])) == 5
     assert len(_model_files(tmp_path / "sweep-artifacts")) == 5
     assert study.user_attrs[CONFIG_ATTR]["tracking"] == {"keep_models": "all"}  # and says so
+
+
+def test_keep_models_lowered_on_resume_deletes_down_to_it_but_never_a_registered_model(tmp_path: Path,
+                                                                                       tiny_npz: Path) -> None:
+    """`keep_models: all`, then `sweep promote --trial` of the worst trial, then the study resumed
+    with `keep_models: 1` and one more trial: every model but the best's and the promoted one's is
+    deleted (a registry version reads its files); the promoted one still loads, bit for bit."""
+    import mlflow
+
+    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    d = _study(tiny_npz, "lowered", "all", configs=None, sampler="random", n_trials=3,
+               space={"activation": ["relu", "elu", "tanh", "selu", "gelu"]})
+    study = sweep.run(write_study(tmp_path, d), storage=storage, tracking_uri=tracking)
+    worst = max(study.get_trials(), key=lambda t: t.value)  # val_loss
+    assert worst.number != study.best_trial.number
+    mlflow.set_tracking_uri(tracking)
+    try:
+        before = weights_digest(mlflow.keras.load_model(worst.user_attrs[obj.MODEL_URI]))
+    finally:
+        mlflow.set_tracking_uri(None)
+    promoted = sweep.promote("lowered", trial=worst.number, storage=storage, tracking_uri=tracking)
+    assert promoted["trial"] == worst.number
+
+    d["tracking"] = {"keep_models": 1}
+    d["search"]["n_trials"] = 4
+    study = sweep.run(write_study(tmp_path, d), storage=storage, tracking_uri=tracking)
+    trials = study.get_trials()
+    assert len(trials) == 4 and study.user_attrs[CONFIG_ATTR]["tracking"] == {"keep_models": 1}
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("lowered")
+    run_of = {t.user_attrs[obj.RUN_ID]: t.number for t in trials}
+    # every version ever registered (the first run's best, the promoted worst, the resumed best)
+    registered = {int(v.tags["sweep.trial"]) for v in client.search_model_versions("name='lowered'")}
+    assert worst.number in registered
+    stay = registered | {study.best_trial.number}
+    assert len(stay) < 4  # precondition: something to delete
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert sorted(run_of[m.source_run_id] for m in models) == sorted(stay)
+    assert len(_model_files(tmp_path / "sweep-artifacts")) == len(stay)
+    for t in trials:
+        tags = client.get_run(t.user_attrs[obj.RUN_ID]).data.tags
+        assert (DELETED_TAG in tags) == (t.number not in stay), t.number
+    again = sweep.load_model("lowered", trial=worst.number, storage=storage, tracking_uri=tracking)
+    assert weights_digest(again) == before
 
 
 @pytest.mark.parametrize("value", [0, -2, "best", 1.5])

@@ -51,7 +51,15 @@ def registered_model_ids(client: MlflowClient, name: str) -> set[str]:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return set()
         raise
-    return {v.model_id for v in versions if getattr(v, "model_id", None)}
+    # MLflow 3.17 returns model_id None on versions read back (get, search, by alias) though
+    # create_model_version was given it; the source, `models:/m-...`, names the model either way.
+    # Reading model_id alone left every registered model unprotected (keep_models deleted them)
+    return {v.model_id or _logged_model_id(v.source) for v in versions} - {None}
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    """`m-...` of a version's source `models:/m-...`; None for any other source."""
+    return source.removeprefix("models:/").split("/")[0] if source and source.startswith("models:/m-") else None
 
 
 def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str, metrics: list[str],
@@ -80,7 +88,7 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
     for k in ("test_accuracy", "test_loss"):
         if trial.user_attrs.get(k) is not None:
             tags[f"sweep.{k}"] = repr(float(trial.user_attrs[k]))
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    model_id = _logged_model_id(model_uri)
     try:
         version = client.create_model_version(study, source=model_uri, run_id=run_id, tags=tags,
                                               model_id=model_id)
