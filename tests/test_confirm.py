@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
-from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, watch_study, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -47,8 +47,7 @@ def _cli(args: list[str], cwd: Path, storage: str, tracking: str, **kw: Any) -> 
                           timeout=600, **kw)
 
 
-def _study(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage.replace("postgresql://", "postgresql+psycopg2://", 1))
+_study = watch_study
 
 
 def _expected_finalists(search: optuna.Study, top: int) -> list[dict[str, Any]]:
@@ -214,26 +213,33 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     assert r.returncode == 2 and "different search.configs" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_confirm_section_runs_after_the_search_in_one_sweep_run(tmp_path: Path, mnist_path: Path) -> None:
-    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = write_study(tmp_path, _search(mnist_path, "sec", confirm={"top": 2, "repeats": 2}))
-    r = _cli(["run", str(path)], tmp_path, storage, tracking)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert len(_study(storage, "sec").get_trials(states=(TrialState.COMPLETE,))) == 6
-    conf = _study(storage, "sec-confirm").get_trials()
-    assert len(conf) == 4 and all(t.state == TrialState.COMPLETE for t in conf)
-    lines = r.stderr.splitlines()
-    search_done = next(i for i, l in enumerate(lines) if "done: 6 trial(s) finished in study sec;" in l)
-    assert any("confirming study sec in study sec-confirm" in l for l in lines[search_done:])
-    # the same command again: both complete, nothing trained
-    r = _cli(["run", str(path)], tmp_path, storage, tracking)
-    assert r.returncode == 0 and len(_study(storage, "sec-confirm").get_trials()) == 4, r.stderr[-2000:]
-    assert json.loads(_cli(["best", "sec", "--json"], tmp_path, storage, tracking).stdout)["judged_by"] == \
-        "confirmation"
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    from sweep.config import ServerSettings
+    from sweep.server import start
+
+    s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'server-mlflow.db'}",
+                       artifacts_destination=str(tmp_path / "artifacts"))
+    running = start(s, log_path=tmp_path / "server.log")
+    yield running.url
+    running.stop()
 
 
-def test_an_interrupted_confirmation_resumes_with_only_the_missing_runs(tmp_path: Path, mnist_path: Path) -> None:
-    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.mark.postgres
+def test_an_interrupted_confirmation_resumes_with_two_workers_training_only_the_missing_runs(
+        tmp_path: Path, mnist_path: Path, server: str) -> None:
+    """Ctrl-C of `sweep confirm`, then `sweep confirm --workers 2` on PostgreSQL: the runs finished
+    before the stop are kept, each missing (finalist, seed) is trained once, nothing surplus."""
+    if not POSTGRES_URL:
+        skip_or_fail_without_postgres()
+    storage, drop = postgres_database(POSTGRES_URL)
+    try:
+        _interrupt_then_resume(tmp_path, mnist_path, storage, server)
+    finally:
+        drop()
+
+
+def _interrupt_then_resume(tmp_path: Path, mnist_path: Path, storage: str, tracking: str) -> None:
     sweep.run(write_study(tmp_path, _search(mnist_path, "ci")), storage=storage, tracking_uri=tracking)
     env = {**os.environ, "SWEEP_OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "confirm", "ci", "--top", "2", "--repeats", "3"],
@@ -257,7 +263,7 @@ def test_an_interrupted_confirmation_resumes_with_only_the_missing_runs(tmp_path
     complete_before = [t for t in stopped if t.state == TrialState.COMPLETE]
     assert 2 <= len(complete_before) < 6 and not [t for t in stopped if t.state == TrialState.RUNNING]
 
-    r = _cli(["confirm", "ci", "--top", "2", "--repeats", "3"], tmp_path, storage, tracking)
+    r = _cli(["confirm", "ci", "--top", "2", "--repeats", "3", "--workers", "2"], tmp_path, storage, tracking)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(storage, "ci-confirm").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -269,41 +275,8 @@ def test_an_interrupted_confirmation_resumes_with_only_the_missing_runs(tmp_path
     assert len(trials) == 6 + sum(t.state == TrialState.FAIL for t in stopped)  # nothing surplus
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    from sweep.config import ServerSettings
-    from sweep.server import start
-
-    s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'server-mlflow.db'}",
-                       artifacts_destination=str(tmp_path / "artifacts"))
-    running = start(s, log_path=tmp_path / "server.log")
-    yield running.url
-    running.stop()
-
-
 @pytest.mark.postgres
-def test_a_confirmation_with_two_workers_on_postgresql_trains_each_run_once(tmp_path: Path, mnist_path: Path,
-                                                                          server: str) -> None:
-    if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
-    storage, drop = postgres_database(POSTGRES_URL)
-    try:
-        sweep.run(write_study(tmp_path, _search(mnist_path, "pg")), storage=storage, tracking_uri=server)
-        r = _cli(["confirm", "pg", "--top", "2", "--repeats", "3", "--workers", "2"], tmp_path, storage, server)
-        assert r.returncode == 0, r.stderr[-3000:]
-        trials = _study(storage, "pg-confirm").get_trials()
-        assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)  # no surplus run
-        assert len({t.user_attrs["worker"] for t in trials}) == 2
-        pairs = {(json.dumps(t.params, sort_keys=True), t.user_attrs[SEED]) for t in trials}
-        assert len(pairs) == 6
-        assert json.loads(_cli(["best", "pg", "--json"], tmp_path, storage, server).stdout)["judged_by"] == \
-            "confirmation"
-    finally:
-        drop()
-
-
-@pytest.mark.postgres
-def test_workers_of_a_search_with_a_confirm_section_go_on_to_its_confirmation(tmp_path: Path, mnist_path: Path,
+def test_a_confirm_section_runs_after_the_search_and_its_workers_go_on_to_it(tmp_path: Path, mnist_path: Path,
                                                                             server: str) -> None:
     """`sweep run FILE --workers 2`: two `sweep worker` processes run the search, then both take the
     confirmation's trials; each (finalist, seed) is trained once."""
@@ -319,5 +292,15 @@ def test_workers_of_a_search_with_a_confirm_section_go_on_to_its_confirmation(tm
         assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials), r.stderr[-3000:]
         assert len({t.user_attrs["worker"] for t in trials}) == 2
         assert len({(json.dumps(t.params, sort_keys=True), t.user_attrs[SEED]) for t in trials}) == 6
+        # after the search, not beside it
+        first_confirm = min(t.datetime_start for t in trials)
+        assert max(t.datetime_complete for t in _study(storage, "pgsec").get_trials()) <= first_confirm
+        assert "confirming study pgsec in study pgsec-confirm" in r.stderr
+        # the same command again, in one process: both complete, nothing trained
+        r = _cli(["run", str(path)], tmp_path, storage, server)
+        assert r.returncode == 0 and len(_study(storage, "pgsec-confirm").get_trials()) == 6, r.stderr[-2000:]
+        assert len(_study(storage, "pgsec").get_trials()) == 6
+        assert json.loads(_cli(["best", "pgsec", "--json"], tmp_path, storage, server).stdout)["judged_by"] == \
+            "confirmation"
     finally:
         drop()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import study_dict, write_study
+from helpers import on_backend, study_dict, write_study
 from scipy import stats as sps
 
 import sweep
@@ -138,6 +138,7 @@ LUCKY = {"configs": [{"activation": "relu"}, {"activation": "leaky_relu", "leaky
                      {"activation": "elu"}], "repeats": 3, "seed": 2}
 
 
+@on_backend("postgresql")  # a read of recorded trials: the same through either storage (see on_backend)
 def test_sweep_best_names_the_best_mean_and_registers_its_representative(
         tmp_path: Path, mnist_path: Path, optuna_url: str, tracking_uri: str, caplog: pytest.LogCaptureFixture) -> None:
     import logging
