@@ -4,16 +4,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
+from scipy import special
 from helpers import study_dict, write_study
 
 from sweep import config
 from sweep.errors import ConfigError
 from sweep.models import build_model
-from sweep.models.activations import ACTIVATIONS, ALIASES, make_layer, prelu_axes, resolve_params, suggest_name
+from sweep.models.activations import (ACTIVATIONS, ALIASES, make_inline, make_layer, prelu_axes, resolve_params,
+                                      suggest_name)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,28 +51,77 @@ def test_prelu_zeros_init_behaves_like_relu_at_start() -> None:
     np.testing.assert_allclose(np.asarray(out), [[0.0, 3.0]])
 
 
-def test_leaky_relu_uses_keras3_negative_slope() -> None:
-    layer = make_layer({"activation": "leaky_relu", "leaky_alpha": 0.1}, rank=4, name="l")
-    assert isinstance(layer, keras.layers.LeakyReLU)
-    assert layer.negative_slope == pytest.approx(0.1)
-    np.testing.assert_allclose(np.asarray(layer(np.array([[-1.0, 2.0]], np.float32))), [[-0.1, 2.0]], rtol=1e-6)
+# --- every activation against its formula (numpy, written out here, not Keras' own) ---
+
+X = np.concatenate([np.linspace(-6, 6, 49), [-1e-3, 1e-3, -20.0, 20.0]]).astype(np.float32).reshape(1, -1)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # Klambauer et al. 2017
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_every_activation_builds_and_computes(name: str) -> None:
-    layer = make_layer({"activation": name}, rank=2, name="x")
-    x = np.linspace(-2, 2, 8, dtype=np.float32).reshape(1, 8)
-    out = np.asarray(layer(x))
-    assert out.shape == x.shape and np.all(np.isfinite(out))
-    assert out[0, -1] > 0  # every activation here is positive for x=2
+def _leaky(alpha: float) -> Any:
+    return lambda x: np.where(x > 0, x, alpha * x)
 
 
-def test_swish_and_silu_agree() -> None:
-    x = np.linspace(-3, 3, 7, dtype=np.float32).reshape(1, 7)
-    a = np.asarray(make_layer({"activation": "swish"}, 2, "s")(x))
-    b = np.asarray(make_layer({"activation": "silu"}, 2, "t")(x))
-    np.testing.assert_allclose(a, b)
-    np.testing.assert_allclose(a, x / (1 + np.exp(-x)), rtol=1e-5)
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+FORMULAS: dict[str, tuple[dict[str, Any], Any]] = {
+    "relu": ({}, lambda x: np.maximum(x, 0)),
+    "leaky_relu": ({"leaky_alpha": 0.1}, _leaky(0.1)),
+    "prelu": ({"prelu_alpha_init": 0.25}, _leaky(0.25)),
+    "elu": ({}, lambda x: np.where(x > 0, x, np.expm1(x))),
+    "gelu": ({}, lambda x: 0.5 * x * (1 + special.erf(x / np.sqrt(2)))),  # exact, Keras' default
+    "selu": ({}, lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x))),
+    "silu": ({}, lambda x: x * _sigmoid(x)),
+    "swish": ({}, lambda x: x * _sigmoid(x)),
+    "mish": ({}, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    "tanh": ({}, np.tanh),
+}
+
+
+def test_every_activation_offered_has_a_formula_here() -> None:
+    assert sorted(FORMULAS) == sorted(ACTIVATIONS)
+
+
+def _inline(params: dict[str, Any]) -> Any:
+    """The activation as a linear layer takes it (`activation=`): a Keras name, or a layer."""
+    a = make_inline(resolve_params(params), rank=2, name="i")
+    return keras.activations.get(a) if isinstance(a, str) else a
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+@pytest.mark.parametrize("way", ["layer", "inline"])
+def test_every_activation_computes_its_formula(name: str, way: str) -> None:
+    extra, formula = FORMULAS[name]
+    params = {"activation": name, **extra}
+    f = make_layer(params, rank=2, name="x") if way == "layer" else _inline(params)
+    np.testing.assert_allclose(np.asarray(f(X)), formula(X.astype(np.float64)), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 0.3, 0.5])
+def test_leaky_relu_is_its_slope_below_zero(alpha: float) -> None:
+    layer = make_layer({"activation": "leaky_relu", "leaky_alpha": alpha}, rank=4, name="l")
+    assert isinstance(layer, keras.layers.LeakyReLU) and layer.negative_slope == pytest.approx(alpha)
+    np.testing.assert_allclose(np.asarray(layer(X)), _leaky(alpha)(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["zeros", 0.25])
+def test_prelu_is_its_alpha_at_start_and_after_a_step_that_changes_it(init: str | float) -> None:
+    """PReLU's α is a weight: one gradient step on negative inputs moves it, and the layer then
+    computes the formula with the new α, one per element (shared_axes none)."""
+    keras.utils.set_random_seed(0)
+    start = 0.0 if init == "zeros" else float(init)
+    x = np.concatenate([X, -np.abs(X)]).astype(np.float32)  # negatives in every column
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              make_layer({"activation": "prelu", "prelu_alpha_init": init}, rank=2, name="p")])
+    layer = model.layers[0]
+    np.testing.assert_allclose(np.asarray(model(x)), _leaky(start)(x), rtol=1e-6)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.train_on_batch(x, np.zeros_like(x) - 1.0)
+    alpha = np.asarray(layer.alpha)
+    assert alpha.shape == (x.shape[1],) and not np.allclose(alpha, start)
+    expected = np.where(x > 0, x, alpha[None, :] * x)
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_resolve_params_fills_keras_defaults_and_drops_foreign_params() -> None:

@@ -123,6 +123,36 @@ def _referenced(container: dict[str, Any]) -> set[str]:
     return {m for e in container.get("env", []) for m in re.findall(r"\$\((\w+)\)", e.get("value", ""))}
 
 
+def test_the_fields_the_readmes_fault_table_rests_on(rendered: dict[str, list[dict[str, Any]]],
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README, "On Kubernetes": bad input fails the Job at once, an eviction is not counted, a
+    SIGTERM gets 60 s to mark its trial interrupted, and workers wait 300 s for PostgreSQL. Each
+    number and rule is read from the rendered manifests and from what sweep itself does."""
+    from sweep.config import load_settings
+    from sweep.errors import ConfigError, ServiceError
+
+    readme = (ROOT / "README.md").read_text()
+    for docs in (rendered["workers"], rendered["gpu"]):
+        spec = _find(docs, "Job", "sweep-workers")["spec"]
+        rules = {r["action"]: r for r in spec["podFailurePolicy"]["rules"]}
+        # the exit code of bad input (a study file, a setting) fails the Job, and only that one
+        assert rules["FailJob"]["onExitCodes"] == {"containerName": "worker", "operator": "In",
+                                                   "values": [ConfigError.exit_code]}
+        assert ServiceError.exit_code not in rules["FailJob"]["onExitCodes"]["values"]  # an outage is retried
+        assert spec["template"]["spec"]["containers"][0]["name"] == "worker"
+        # evicted, preempted, drained: not counted against backoffLimit
+        assert rules["Ignore"]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+        grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace == 60 and f"with a {grace} s grace" in readme
+    settings = tmp_path / "mlflow.yaml"
+    settings.write_text(_find(rendered["base"], "ConfigMap", "sweep-settings")["data"]["mlflow.yaml"])
+    for var in _settings_refs(rendered["base"]):
+        monkeypatch.setenv(var, "x")
+    workers = load_settings(settings).workers
+    assert workers.storage_outage == 300 and f"`storage_outage` ({workers.storage_outage:g} s in the cluster's" in readme
+
+
 def _settings_refs(docs: list[dict[str, Any]]) -> set[str]:
     settings = _find(docs, "ConfigMap", "sweep-settings")["data"]["mlflow.yaml"]
     return set(re.findall(r"\$\{(\w+)", settings))
@@ -257,9 +287,10 @@ def test_the_schema_jobs_command_creates_both_schemas(rendered: dict[str, list[d
         r = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert "schemas up to date" in r.stderr and PASSWORD not in r.stdout + r.stderr
-    for url, table in ((optuna_db, "studies"), (mlflow_db, "experiments")):
+    for url, query, expected in ((optuna_db, "SELECT study_name FROM studies", []),
+                                 (mlflow_db, "SELECT name FROM experiments", [])):
         with sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1)).connect() as c:
-            assert c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() is not None
+            assert [row[0] for row in c.execute(sa.text(query))] == expected  # the tables, created empty
             assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 

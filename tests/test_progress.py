@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import POSTGRES_URL
-from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import RENDEZVOUS, postgres_database, rendezvous, skip_or_fail_without_postgres, study_dict, write_study
 
 from sweep.console import Console
 from sweep.runner import progress
@@ -199,9 +199,12 @@ def test_workers_share_one_live_footer(tmp_path: Path, tiny_npz: Path) -> None:
         skip_or_fail_without_postgres()
     url, drop = postgres_database(POSTGRES_URL)
     try:
-        env = {**_env(), "SWEEP_OPTUNA_STORAGE": url}
-        code, out = _in_pty(["run", str(_tiny_study(tmp_path, tiny_npz, "live-pool")), "--workers", "2"], env,
-                            tmp_path)
+        # both workers' trials train at the same moment: each waits for the other at its first step
+        env = {**_env(), "SWEEP_OPTUNA_STORAGE": url, **rendezvous(tmp_path)}
+        d = study_dict(tiny_npz, configs=[{"activation": RENDEZVOUS}], repeats=2)
+        d["study"] = "live-pool"
+        d["training"]["batch_size"] = 16
+        code, out = _in_pty(["run", str(write_study(tmp_path, d)), "--workers", "2"], env, tmp_path)
     finally:
         drop()
     assert code == 0, out

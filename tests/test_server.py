@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from helpers import (free_port, postgres_database, skip_or_fail_without_postgres, start_cli_server, study_dict,
+from helpers import (TESTS, free_port, postgres_database, skip_or_fail_without_postgres, start_cli_server, study_dict,
                      wait_health, write_study)
 from mlflow import MlflowClient
 
@@ -186,16 +187,22 @@ def test_runs_read_back_over_http(served_sweep: dict[str, Any]) -> None:
 
 
 def test_model_logged_through_server_loads_in_another_process(served_sweep: dict[str, Any]) -> None:
-    uri = served_sweep["study"].best_trial.user_attrs[obj.MODEL_URI]
-    code = ("import sys, numpy as np, mlflow\n"
+    """The model read back over HTTP in another process is the trial's own: on the test set it
+    gives the loss and accuracy that trial recorded when it trained (no other model does)."""
+    best = served_sweep["study"].best_trial
+    code = ("import json, sys, mlflow\n"
+            "sys.path.insert(0, sys.argv[4])\n"
+            "from helpers import recorded_test_metrics\n"
             "mlflow.set_tracking_uri(sys.argv[1])\n"
-            "m = mlflow.keras.load_model(sys.argv[2])\n"
-            "x = np.load(sys.argv[3])['x_test'][:7].astype('float32')[..., None] / 255\n"
-            "print('SHAPE', m.predict(x, verbose=0).shape)\n")
-    r = subprocess.run([sys.executable, "-c", code, served_sweep["url"], uri, str(served_sweep["npz"])],
-                       capture_output=True, text=True, timeout=300, cwd="/")
+            "print(json.dumps(recorded_test_metrics(mlflow.keras.load_model(sys.argv[2]), sys.argv[3])))\n")
+    r = subprocess.run([sys.executable, "-c", code, served_sweep["url"], best.user_attrs[obj.MODEL_URI],
+                        str(served_sweep["npz"]), str(TESTS)], capture_output=True, text=True, timeout=300, cwd="/")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "SHAPE (7, 10)" in r.stdout
+    loss, acc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert acc == pytest.approx(best.user_attrs["test_accuracy"], abs=1e-6)
+    assert loss == pytest.approx(best.user_attrs["test_loss"], rel=1e-4)
+    others = [t.user_attrs["test_loss"] for t in served_sweep["study"].get_trials() if t.number != best.number]
+    assert all(abs(v - loss) > 1e-3 for v in others)  # precondition: the loss tells the models apart
 
 
 def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:

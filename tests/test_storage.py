@@ -310,23 +310,69 @@ def test_cli_unreachable_service_stops_before_training(flag: str, tmp_path: Path
     assert "bob:***@127.0.0.1:1" in r.stderr
 
 
-def test_study_lock_serializes_on_sqlite(tmp_path: Path) -> None:
-    import threading
+LOCKER = """
+import sys
+from sweep import storage
+
+url, name, log = sys.argv[1:4]
+
+
+def say(what):
+    with open(log, "a") as f:
+        f.write(f"{name} {what}\\n")
+
+
+say("trying")
+with storage.study_lock(url, "s"):
+    say("holds")
+    if name == "a":
+        sys.stdin.readline()  # held until the test lets go
+    say("releases")
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_study_lock_makes_a_second_process_wait_for_the_first(backend: str, tmp_path: Path) -> None:
+    """Two real processes race for one study's lock: the second, started once the first holds it,
+    takes it only after the first lets go, however long that is. Without the lock, the second
+    says `holds` while the first still does. No step waits on the clock to line them up: each waits
+    for the other's line in the log; the 2 s below only gives a lock-less second process time to
+    show itself."""
     import time
 
-    url = f"sqlite:///{tmp_path / 'o.db'}"
-    order: list[str] = []
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'o.db'}", None
+    else:
+        if not POSTGRES_URL:
+            skip_or_fail_without_postgres()
+        url, drop = postgres_database(POSTGRES_URL)
+    log = tmp_path / "lock.log"
 
-    def hold() -> None:
-        with storage.study_lock(url, "s"):
-            order.append("a-in")
-            time.sleep(0.5)
-            order.append("a-out")
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
 
-    t = threading.Thread(target=hold)
-    t.start()
-    time.sleep(0.1)
-    with storage.study_lock(url, "s"):
-        order.append("b-in")
-    t.join()
-    assert order == ["a-in", "a-out", "b-in"]
+    def wait_for(line: str) -> None:
+        deadline = time.monotonic() + 120
+        while line not in lines():
+            assert time.monotonic() < deadline, lines()
+            time.sleep(0.05)
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", LOCKER, url, name, str(log)], stdin=subprocess.PIPE, text=True)
+
+    procs = [start("a")]
+    try:
+        wait_for("a holds")
+        procs.append(start("b"))
+        wait_for("b trying")
+        time.sleep(2)
+        assert "b holds" not in lines()
+        procs[0].communicate("go\n", timeout=60)
+        assert procs[1].wait(timeout=60) == 0 and procs[0].returncode == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        if drop is not None:
+            drop()
+    assert lines() == ["a trying", "a holds", "b trying", "a releases", "b holds", "b releases"]

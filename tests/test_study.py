@@ -14,7 +14,8 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import on_backend, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import (TESTS, on_backend, postgres_database, skip_or_fail_without_postgres, study_dict, weights_digest,
+                     write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -165,28 +166,41 @@ def test_load_model_predicts_without_setting_up_mlflow(mnist_sweep: dict[str, An
     study = mnist_sweep["study"]
     other = min(t.number for t in study.get_trials() if t.number != study.best_trial.number)
     code = ("import sys, json, mlflow, numpy as np, sweep\n"
-            "storage, tracking, npz, other = sys.argv[1:5]\n"
+            "storage, tracking, npz, other, tests = sys.argv[1:6]\n"
             "before = mlflow.get_tracking_uri()\n"
             "model = sweep.load_model('mnist-families', storage=storage, tracking_uri=tracking)\n"
             "with np.load(npz) as f:\n"
             "    x = (f['x_test'][:1000].astype('float32') / 255.0)[..., None]\n"
             "    y = f['y_test'][:1000]\n"
             "acc = float((model.predict(x, verbose=0).argmax(1) == y).mean())\n"
-            "n = sweep.load_model('mnist-families', trial=int(other), storage=storage, tracking_uri=tracking).count_params()\n"
+            "sys.path.insert(0, tests)\n"
+            "from helpers import weights_digest\n"
+            "best = weights_digest(model)\n"
+            "n = weights_digest(sweep.load_model('mnist-families', trial=int(other), storage=storage, "
+            "tracking_uri=tracking))\n"
             "try:\n"
             "    sweep.load_model('mnist-families', trial=99, storage=storage, tracking_uri=tracking)\n"
             "    missing = ''\n"
             "except sweep.SweepError as e:\n"
             "    missing = str(e)\n"
-            "print(json.dumps({'acc': acc, 'params': n, 'same_uri': mlflow.get_tracking_uri() == before, "
+            "print(json.dumps({'acc': acc, 'best': best, 'other': n, 'same_uri': mlflow.get_tracking_uri() == before, "
             "'missing': missing}))\n")
     r = subprocess.run([sys.executable, "-c", code, mnist_sweep["storage"], mnist_sweep["tracking"], str(mnist_path),
-                        str(other)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                        str(other), str(TESTS)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["acc"] == pytest.approx(study.best_trial.user_attrs["test_accuracy"], abs=1e-6)
-    assert out["params"] > 0 and out["same_uri"] and "has no trial 99" in out["missing"]
+    assert out["same_uri"] and "has no trial 99" in out["missing"]
+    # each load is that trial's own model (weights bit for bit), not another trial's
+    mlflow.set_tracking_uri(mnist_sweep["tracking"])
+    try:
+        logged = {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[obj.MODEL_URI]))
+                  for t in study.get_trials()}
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(set(logged.values())) == 3
+    assert (out["best"], out["other"]) == (logged[study.best_trial.number], logged[other])
     assert not list(tmp_path.glob("*.db"))  # no stray ./mlflow.db
 
 
@@ -230,7 +244,7 @@ def _run(tmp_path: Path, data: dict[str, Any], optuna_url: str, tracking_uri: st
 @on_backend("sqlite")
 def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz: Path, optuna_url: str,
                                                        tracking_uri: str) -> None:
-    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=6, seed=3, space={
+    d = study_dict(tiny_npz, configs=None, sampler="random", n_trials=6, seed=0, space={
         "activation": ["relu", "leaky_relu", "prelu"], "leaky_alpha": {"low": 0.01, "high": 0.5, "log": True},
         "prelu_alpha_init": ["zeros", 0.25], "prelu_shared_axes": ["none", "spatial", "all"]})
     d["training"]["epochs"] = 1
@@ -238,12 +252,13 @@ def test_conditional_space_samples_only_relevant_params(tmp_path: Path, tiny_npz
     expected = {"relu": {"activation"}, "leaky_relu": {"activation", "leaky_alpha"},
                 "prelu": {"activation", "prelu_alpha_init", "prelu_shared_axes"}}
     trials = study.get_trials()
-    assert len(trials) == 6
+    # the draw, pinned by the seed: every activation, so every branch below is checked
+    assert [t.params["activation"] for t in trials] == ["leaky_relu", "leaky_relu", "relu", "prelu", "leaky_relu",
+                                                        "relu"]
     for t in trials:
         assert set(t.params) == expected[t.params["activation"]]
         if "leaky_alpha" in t.params:
             assert 0.01 <= t.params["leaky_alpha"] <= 0.5
-    assert len({t.params["activation"] for t in trials}) >= 2
     # run names read as people write them (4 significant digits); params keep the exact value
     _, runs = _children(MlflowClient(tracking_uri), "tiny")
     for t, r in zip(trials, runs):

@@ -295,8 +295,8 @@ def test_sync_repairs_a_real_sweep(tmp_path: Path, tiny_npz: Path) -> None:
         assert r.data.params["activation"] == t.params["activation"]
         assert r.data.metrics["objective_value"] == pytest.approx(t.value)
         assert r.data.metrics["test_accuracy"] == pytest.approx(t.user_attrs["test_accuracy"])
-        if "epoch_metrics" in t.user_attrs:  # recorded by the objective
-            assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 1
+        assert len(t.user_attrs["epoch_metrics"]) == 1  # recorded by the objective, one epoch
+        assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 1
     counts = sync("tiny", storage=storage, tracking_uri=tracking)
     assert counts["runs_created"] == counts["metrics_logged"] == counts["runs_ended"] == 0
 

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import (alive, descendants, free_port, postgres_database, skip_or_fail_without_postgres, study_dict,
-                     write_study)
+from helpers import (RENDEZVOUS, alive, descendants, free_port, postgres_database, recorded_test_metrics,
+                     rendezvous, skip_or_fail_without_postgres, study_dict, watch_study, write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -73,9 +73,10 @@ def _env(storage: str, tracking: str, settings: Path) -> dict[str, str]:
             "SWEEP_CONFIG": str(settings), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _sweep(args: list[str], env: dict[str, str], cwd: Path, **kw: Any) -> subprocess.Popen:
+def _sweep(args: list[str], env: dict[str, str], cwd: Path, stdout: Any = subprocess.PIPE,
+           **kw: Any) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sweep", *args], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
@@ -85,20 +86,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
         proc.kill()
         out, _ = proc.communicate()
         raise AssertionError(f"sweep did not finish within {timeout}s:\n{out}")
-    return out
+    return out or ""
 
 
-_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
-
-
-def _study(storage: str, name: str) -> optuna.Study:
-    """The study as another process sees it. One storage per URL, without a pool: the tests poll
-    it many times a second, and must not hold connections the workers need."""
-    if storage not in _STORAGES:
-        _STORAGES[storage] = optuna.storages.RDBStorage(
-            storage.replace("postgresql://", "postgresql+psycopg2://", 1),
-            engine_kwargs={"poolclass": sa.pool.NullPool})
-    return optuna.load_study(study_name=name, storage=_STORAGES[storage])
+_study = watch_study
 
 
 def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen | None = None,
@@ -106,7 +97,7 @@ def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen | None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended before {what}:\n{proc.stdout.read()}")
+            raise AssertionError(f"process ended before {what}:\n{proc.stdout.read() if proc.stdout else ''}")
         try:
             got = check()
         except KeyError:  # the study is not created yet
@@ -162,6 +153,7 @@ def test_killed_worker_trial_goes_stale_and_is_retried(tmp_path: Path, tiny_npz:
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, out
     assert retries[0].params == victim.params
+    assert retries[0].user_attrs[obj.SEED] == victim.user_attrs[obj.SEED]  # "same params and seed"
     assert retries[0].user_attrs[obj.CONFIG_INDEX] == victim.user_attrs[obj.CONFIG_INDEX]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["activation"] for t in complete) == ["elu", "relu", "tanh"]
@@ -188,12 +180,14 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
     proc = _sweep(["run", str(write_study(tmp_path, d)), "--workers", "4", "--threads-per-worker", "2"], env,
                   tmp_path)
     seen_cmdlines = []
+    seen_pids = set()
     threads = {}  # worker pid -> TensorFlow's thread and GPU memory settings in its environment
     while proc.poll() is None:  # every process of the sweep, as `ps` would show it
         for pid in [proc.pid, *descendants(proc.pid)]:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                 seen_cmdlines.append(cmdline)
+                seen_pids.add(pid)
                 if "\0worker\0" in cmdline:
                     environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
                     threads[pid] = sorted(v for v in environ if v.startswith(("TF_NUM_", "TF_FORCE_GPU", "XLA_")))
@@ -236,7 +230,8 @@ def test_four_workers_train_exactly_n_distinct_trials(tmp_path: Path, tiny_npz: 
     for text in [*seen_cmdlines, out, status.stdout, status.stderr, report.stdout, report.stderr, written,
                  *logged]:
         assert not _leaks(text)
-    assert len(seen_cmdlines) > 4  # the parent and its four workers were looked at
+    # the parent and its four workers were looked at (the workers by their own pids, just below)
+    assert proc.pid in seen_pids and set(threads) <= seen_pids
     # --threads-per-worker 2 (4 workers on 2 cores would get 1 each by default); on a GPU each
     # worker would take memory as it needs it, not all of it at start
     assert len(threads) == 4 and all(v == ["TF_FORCE_GPU_ALLOW_GROWTH=true", "TF_NUM_INTEROP_THREADS=2",
@@ -283,9 +278,10 @@ def _cmdline(pid: int) -> str:
 
 def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
                                                     mlflow_server: str) -> None:
-    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
-    configs = ["relu", "elu", "tanh", "selu"]
-    path = write_study(tmp_path, _plan_study(tiny_npz, "ctrlc", configs, epochs=40))
+    # the first two trials to train wait for each other at their first step: two are mid-training
+    # at once however late one worker's TensorFlow import is (tests/rendezvous.py)
+    env = {**_env(optuna_pg, mlflow_server, _settings(tmp_path)), **rendezvous(tmp_path)}
+    path = write_study(tmp_path, _plan_study(tiny_npz, "ctrlc", [RENDEZVOUS], epochs=40, repeats=4))
     # its own process group, as a terminal's foreground job: Ctrl-C signals the whole group
     proc = _sweep(["run", str(path), "--workers", "4"], env, tmp_path, start_new_session=True)
     _wait_for("two trials mid-training", lambda: _training(optuna_pg, "ctrlc", at_least=2), proc)
@@ -313,7 +309,7 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     out = _finish(_sweep(["run", "ctrlc", "--workers", "2"], env, tmp_path))
     trials = _study(optuna_pg, "ctrlc").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["activation"] for t in complete) == sorted(configs), out
+    assert sorted(t.user_attrs[obj.REPEAT] for t in complete) == [0, 1, 2, 3], out  # each seed once
     assert len(trials) == len(complete) + len(stopped)  # nothing surplus, nothing twice
 
 
@@ -322,8 +318,8 @@ def test_sigterm_of_one_worker_marks_its_trial_interrupted_and_another_runs_it(
     """One of two workers stopped mid-trial (`docker compose stop` of a replica, a Job's
     `parallelism` patched down): its trial ends interrupted and the worker still running queues
     that config again and runs it; no worker has to start for the study to be whole."""
-    env = _env(optuna_pg, mlflow_server, _settings(tmp_path))
-    path = write_study(tmp_path, _plan_study(tiny_npz, "term", ["relu", "elu"], epochs=20))
+    env = {**_env(optuna_pg, mlflow_server, _settings(tmp_path)), **rendezvous(tmp_path)}  # both train at once
+    path = write_study(tmp_path, _plan_study(tiny_npz, "term", [RENDEZVOUS], epochs=20, repeats=2))
     procs = {name: _sweep([cmd, str(path)], {**env, "SWEEP_WORKER_NAME": name}, tmp_path)
              for name, cmd in (("stopped", "run"), ("kept", "worker"))}
     both = _wait_for("two trials mid-training", lambda: _training(optuna_pg, "term", at_least=2), procs["kept"])
@@ -340,11 +336,69 @@ def test_sigterm_of_one_worker_marks_its_trial_interrupted_and_another_runs_it(
     run = MlflowClient(mlflow_server).get_run(t.user_attrs[obj.RUN_ID])
     assert run.info.status == "KILLED"
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["activation"] for t in complete) == ["elu", "relu"], kept
-    again = next(t for t in complete if t.params == victim.params)
+    assert sorted(t.user_attrs[obj.REPEAT] for t in complete) == [0, 1], kept
+    again = next(t for t in complete if t.user_attrs[obj.REPEAT] == victim.user_attrs[obj.REPEAT])
     assert again.user_attrs[obj.WORKER] == "kept" and again.number > victim.number
-    assert len(trials) == 3  # two configs and the one run again: nothing surplus
+    assert again.user_attrs[obj.SEED] == victim.user_attrs[obj.SEED]
+    assert len(trials) == 3  # two runs and the one run again: nothing surplus
     assert f"trial {victim.number} was interrupted" in kept, kept
+
+
+def _two_workers_mid_training(tmp_path: Path, tiny_npz: Path, storage: str, tracking: str, name: str,
+                              **search: Any) -> tuple[dict[str, subprocess.Popen], Any, dict[str, str]]:
+    """Workers `victim` (`sweep run FILE`) and `kept` (`sweep worker FILE`) on one study of
+    Rendezvous trials, once each is mid-training on one of them; returns the victim's trial."""
+    env = {**_env(storage, tracking, _settings(tmp_path)), **rendezvous(tmp_path)}
+    d = study_dict(tiny_npz, **search)
+    d["study"] = name
+    d["training"].update(epochs=20, batch_size=100)
+    path = write_study(tmp_path, d)
+    procs = {who: _sweep([cmd, str(path)], {**env, "SWEEP_WORKER_NAME": who}, tmp_path)
+             for who, cmd in (("victim", "run"), ("kept", "worker"))}
+    both = _wait_for("two trials mid-training", lambda: _training(storage, name, at_least=2), procs["kept"])
+    return procs, next(t for t in both if t.user_attrs[obj.WORKER] == "victim"), env
+
+
+def test_a_sampled_study_reaches_n_trials_after_sigterm_to_one_worker(tmp_path: Path, tiny_npz: Path,
+                                                                      optuna_pg: str, mlflow_server: str) -> None:
+    """A random search of 2 trials over two workers; one is stopped with SIGTERM mid-trial. Its
+    trial ends interrupted and does not count: the worker still running draws another, and the
+    study ends with n_trials complete."""
+    procs, victim, _ = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "term-sampled",
+                                                 configs=None, sampler="random", n_trials=2,
+                                                 space={"activation": [RENDEZVOUS]})
+    procs["victim"].terminate()
+    out = _finish(procs["victim"], timeout=60)
+    assert procs["victim"].returncode == 143, out
+    kept = _finish(procs["kept"])
+    assert procs["kept"].returncode == 0, kept
+    trials = _study(optuna_pg, "term-sampled").get_trials()
+    assert trials[victim.number].state == TrialState.FAIL and trials[victim.number].user_attrs[obj.INTERRUPTED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and len(trials) == 3, kept  # n_trials complete, nothing surplus
+    assert [t.user_attrs[obj.WORKER] for t in trials if t.number > victim.number] == ["kept"]
+
+
+def test_a_waiting_worker_takes_over_a_killed_peers_trial(tmp_path: Path, tiny_npz: Path, optuna_pg: str,
+                                                          mlflow_server: str) -> None:
+    """Two workers, two runs; one worker is SIGKILLed mid-trial. The other finishes its own trial,
+    finds nothing to take but the dead one's RUNNING trial, waits, and once that trial is past
+    `grace_period` marks it FAIL, takes its retry (same params, same seed) and completes it: no
+    new worker has to start."""
+    procs, victim, _ = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "takeover",
+                                                 configs=[{"activation": RENDEZVOUS}], repeats=2)
+    procs["victim"].kill()
+    procs["victim"].communicate()
+    kept = _finish(procs["kept"])
+    assert procs["kept"].returncode == 0, kept
+    trials = _study(optuna_pg, "takeover").get_trials()
+    assert trials[victim.number].state == TrialState.FAIL, kept
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, kept
+    assert retries[0].user_attrs[obj.WORKER] == "kept"
+    assert retries[0].user_attrs[obj.SEED] == victim.user_attrs[obj.SEED]
+    assert retries[0].user_attrs[obj.REPEAT] == victim.user_attrs[obj.REPEAT]
+    assert len(trials) == 3 and f"trial {victim.number}" in kept and "stopped sending heartbeats" in kept
 
 
 def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:
@@ -488,12 +542,16 @@ def test_database_restart_mid_trial_is_ridden_out(tmp_path: Path, tiny_npz: Path
     storage = own_postgres["url"]
     env = _env(storage, mlflow_server, _settings(tmp_path, grace_period=30))
     path = write_study(tmp_path, _plan_study(tiny_npz, "restart", ["relu", "elu"], epochs=25))
-    proc = _sweep(["run", str(path)], env, tmp_path)
+    log = tmp_path / "run.log"
+    with open(log, "w") as fh:  # read while it runs
+        proc = _sweep(["run", str(path)], env, tmp_path, stdout=fh)
     victim = _wait_for("a trial mid-training", lambda: _training(storage, "restart"), proc)[0]
     own_postgres["stop"]()
-    time.sleep(3)
+    # down until a storage call has met the outage (the worker says so), however long that takes
+    _wait_for("the outage met", lambda: "unreachable" in log.read_text(), proc, timeout=120)
     own_postgres["start"]()
-    out = _finish(proc)
+    _finish(proc)
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert "unreachable" in out and "reachable again" in out  # it did meet the outage
     trials = _study(storage, "restart").get_trials()
@@ -575,6 +633,21 @@ def test_mlflow_outage_neither_stops_training_nor_loses_records(tmp_path: Path, 
                 steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
                 assert steps == list(range(epochs)), (t.number, key, steps)
             assert run.data.metrics["test_accuracy"] == pytest.approx(t.user_attrs["test_accuracy"])
+        # every trial's model arrived, the one trained across the outage included, and is its own
+        import mlflow
+
+        models = {m.source_run_id: m for m in client.search_logged_models(
+            experiment_ids=[runs[0].info.experiment_id])}
+        assert sorted(models) == sorted(r.info.run_id for r in runs)
+        mlflow.set_tracking_uri(server.url)
+        try:
+            for t in trials:
+                model = mlflow.keras.load_model(f"models:/{models[by_trial[t.number].info.run_id].model_id}")
+                loss, acc = recorded_test_metrics(model, tiny_npz)  # (tiny data: losses near 0)
+                assert loss == pytest.approx(t.user_attrs["test_loss"], rel=1e-3, abs=1e-5), t.number
+                assert acc == pytest.approx(t.user_attrs["test_accuracy"], abs=1e-6), t.number
+        finally:
+            mlflow.set_tracking_uri(None)
         # whatever the automatic replay did, `sweep sync` now has nothing left to write
         r = subprocess.run([sys.executable, "-m", "sweep", "sync", "away"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
@@ -598,3 +671,34 @@ def test_one_database_for_both_stores_is_refused_before_writing(tmp_path: Path, 
     with engine.connect() as c:
         assert sa.inspect(c).get_table_names() == []  # nothing was written
     engine.dispose()
+
+
+@pytest.mark.parametrize("max_retry", [0, 2])
+def test_max_retry_caps_how_often_a_dead_workers_trial_is_queued_again(tmp_path: Path, max_retry: int) -> None:
+    """`workers.max_retry` reaches Optuna's RetryHeartbeatStaleTrialCallback through sweep's own
+    storage: a trial whose worker dies again and again is queued again `max_retry` times, then
+    left FAIL. Each "worker" takes the next trial, beats once and is gone; the retries keep the
+    trial's seed."""
+    from sweep.config import WorkerSettings
+    from sweep.runner import worker
+    from sweep.runner.liveness import StaleTrialCallback
+    from sweep.runner.study import open_storage
+
+    ws = WorkerSettings(heartbeat_interval=1, grace_period=2, max_retry=max_retry)
+    rdb = open_storage(f"sqlite:///{tmp_path / 'o.db'}", ws, StaleTrialCallback(ws.max_retry))
+    study = optuna.create_study(storage=rdb, study_name="s")
+    study.enqueue_trial({}, user_attrs={obj.SEED: 7})
+    for _ in range(max_retry + 2):  # one more death than retries allowed, and a look after it
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        if not waiting:
+            break
+        trial = study.ask()
+        rdb.record_heartbeat(trial._trial_id)
+        deadline = time.monotonic() + 60
+        while trial.number not in {t.number for t in study.get_trials(states=(TrialState.FAIL,))}:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)  # past grace_period, the next worker's look finds it stale
+            worker.fail_stale(study)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * (max_retry + 1)
+    assert [t.user_attrs[obj.SEED] for t in trials] == [7] * (max_retry + 1)
