@@ -173,7 +173,7 @@ def nct_cdf(x: float, df: float, nc: float) -> float:
 def _d_interval(t_obs: float, df: int, scale: float, confidence: float) -> tuple[float, float]:
     """CI of a standardized difference d = t / scale: the noncentralities under which the observed
     t sits at the upper and lower (1 - confidence)/2 tails of the noncentral t."""
-    from scipy import optimize, stats
+    from scipy import optimize
 
     tail = (1 - confidence) / 2
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 from helpers import study_dict, write_study, write_tiny_npz
 from mlflow import MlflowClient
