@@ -22,6 +22,20 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+def logged_weights(tracking: str, trials: Any) -> dict[int, str]:
+    """Each trial's logged model (its own `mlflow_model_uri`), loaded through MLflow from the
+    `tracking` store: trial number -> weights_digest. MLflow's global URI is put back after."""
+    import mlflow
+
+    from sweep.record import MODEL_URI
+
+    mlflow.set_tracking_uri(tracking)
+    try:
+        return {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[MODEL_URI])) for t in trials}
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def recorded_test_metrics(model: Any, npz: Path | str) -> tuple[float, float]:
     """(loss, accuracy) of `model` on a Keras-layout .npz's test images, scaled as sweep scales
     them, to compare with the test_loss and test_accuracy its trial recorded. They tell two
@@ -63,10 +77,12 @@ def rendezvous(cwd: Path, n: int = 2) -> dict[str, str]:
     train through it wait for one another (tests/rendezvous.py)."""
     import shutil
 
+    from rendezvous import COUNT, FOLDER
+
     shutil.copy(TESTS / "rendezvous.py", cwd / "rendezvous.py")
     folder = cwd / "rendezvous"
     folder.mkdir()
-    return {"SWEEP_TEST_RENDEZVOUS": str(folder), "SWEEP_TEST_RENDEZVOUS_N": str(n)}
+    return {FOLDER: str(folder), COUNT: str(n)}
 
 
 def study_dict(data_path: Path | str, **search: Any) -> dict[str, Any]:

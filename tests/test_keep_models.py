@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
-from helpers import free_port, study_dict, weights_digest, write_study
+from helpers import free_port, logged_weights, study_dict, weights_digest, write_study
 from mlflow import MlflowClient
 
 import sweep
@@ -94,14 +94,7 @@ def test_keep_models_2_leaves_the_two_best_models(where: str, tmp_path: Path, ti
             assert "tracking.keep_models: 2" in run.data.tags[DELETED_TAG]
 
     best = sweep.load_model(name, storage=storage, tracking_uri=tracking)
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking)
-    try:  # the kept models, each by its trial's own URI
-        digests = {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[obj.MODEL_URI]))
-                   for t in trials if t.number in best_two}
-    finally:
-        mlflow.set_tracking_uri(None)
+    digests = logged_weights(tracking, [t for t in trials if t.number in best_two])  # the kept models
     assert len(set(digests.values())) == 2 and weights_digest(best) == digests[study.best_trial.number]
     # the completed study registered its best model (sweep/tracking/registry.py), here too
     registered = client.get_model_version_by_alias(name, "best")
@@ -138,19 +131,13 @@ def test_keep_models_lowered_on_resume_deletes_down_to_it_but_never_a_registered
     """`keep_models: all`, then `sweep promote --trial` of the worst trial, then the study resumed
     with `keep_models: 1` and one more trial: every model but the best's and the promoted one's is
     deleted (a registry version reads its files); the promoted one still loads, bit for bit."""
-    import mlflow
-
     storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     d = _study(tiny_npz, "lowered", "all", configs=None, sampler="random", n_trials=3,
                space={"activation": ["relu", "elu", "tanh", "selu", "gelu"]})
     study = sweep.run(write_study(tmp_path, d), storage=storage, tracking_uri=tracking)
     worst = max(study.get_trials(), key=lambda t: t.value)  # val_loss
     assert worst.number != study.best_trial.number
-    mlflow.set_tracking_uri(tracking)
-    try:
-        before = weights_digest(mlflow.keras.load_model(worst.user_attrs[obj.MODEL_URI]))
-    finally:
-        mlflow.set_tracking_uri(None)
+    before = logged_weights(tracking, [worst])[worst.number]
     promoted = sweep.promote("lowered", trial=worst.number, storage=storage, tracking_uri=tracking)
     assert promoted["trial"] == worst.number
 

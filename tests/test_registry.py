@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import study_dict, weights_digest, write_study
+from helpers import logged_weights, study_dict, weights_digest, write_study
 from mlflow import MlflowClient
 
 import sweep
@@ -60,14 +60,7 @@ def test_best_alias_loads_in_a_fresh_process_and_predicts_the_logged_accuracy(tm
     acc = json.loads(r.stdout.strip().splitlines()[-1])["acc"]
     assert acc == pytest.approx(best.user_attrs["test_accuracy"], abs=1e-6)
     # sweep.load_model gives the same model: the best trial's weights, no other trial's
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking)
-    try:
-        logged = {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[obj.MODEL_URI]))
-                  for t in study.get_trials()}
-    finally:
-        mlflow.set_tracking_uri(None)
+    logged = logged_weights(tracking, study.get_trials())
     assert len(set(logged.values())) == 3  # precondition: three different models to tell apart
     assert weights_digest(sweep.load_model("reg", storage=storage, tracking_uri=tracking)) == logged[best.number]
 

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import (TESTS, on_backend, postgres_database, skip_or_fail_without_postgres, study_dict, weights_digest,
+from helpers import (TESTS, logged_weights, on_backend, postgres_database, skip_or_fail_without_postgres, study_dict,
                      write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -193,12 +193,7 @@ def test_load_model_predicts_without_setting_up_mlflow(mnist_sweep: dict[str, An
     assert out["acc"] == pytest.approx(study.best_trial.user_attrs["test_accuracy"], abs=1e-6)
     assert out["same_uri"] and "has no trial 99" in out["missing"]
     # each load is that trial's own model (weights bit for bit), not another trial's
-    mlflow.set_tracking_uri(mnist_sweep["tracking"])
-    try:
-        logged = {t.number: weights_digest(mlflow.keras.load_model(t.user_attrs[obj.MODEL_URI]))
-                  for t in study.get_trials()}
-    finally:
-        mlflow.set_tracking_uri(None)
+    logged = logged_weights(mnist_sweep["tracking"], study.get_trials())
     assert len(set(logged.values())) == 3
     assert (out["best"], out["other"]) == (logged[study.best_trial.number], logged[other])
     assert not list(tmp_path.glob("*.db"))  # no stray ./mlflow.db

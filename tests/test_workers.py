@@ -345,7 +345,7 @@ def test_sigterm_of_one_worker_marks_its_trial_interrupted_and_another_runs_it(
 
 
 def _two_workers_mid_training(tmp_path: Path, tiny_npz: Path, storage: str, tracking: str, name: str,
-                              **search: Any) -> tuple[dict[str, subprocess.Popen], Any, dict[str, str]]:
+                              **search: Any) -> tuple[dict[str, subprocess.Popen], Any]:
     """Workers `victim` (`sweep run FILE`) and `kept` (`sweep worker FILE`) on one study of
     Rendezvous trials, once each is mid-training on one of them; returns the victim's trial."""
     env = {**_env(storage, tracking, _settings(tmp_path)), **rendezvous(tmp_path)}
@@ -356,7 +356,7 @@ def _two_workers_mid_training(tmp_path: Path, tiny_npz: Path, storage: str, trac
     procs = {who: _sweep([cmd, str(path)], {**env, "SWEEP_WORKER_NAME": who}, tmp_path)
              for who, cmd in (("victim", "run"), ("kept", "worker"))}
     both = _wait_for("two trials mid-training", lambda: _training(storage, name, at_least=2), procs["kept"])
-    return procs, next(t for t in both if t.user_attrs[obj.WORKER] == "victim"), env
+    return procs, next(t for t in both if t.user_attrs[obj.WORKER] == "victim")
 
 
 def test_a_sampled_study_reaches_n_trials_after_sigterm_to_one_worker(tmp_path: Path, tiny_npz: Path,
@@ -364,9 +364,9 @@ def test_a_sampled_study_reaches_n_trials_after_sigterm_to_one_worker(tmp_path: 
     """A random search of 2 trials over two workers; one is stopped with SIGTERM mid-trial. Its
     trial ends interrupted and does not count: the worker still running draws another, and the
     study ends with n_trials complete."""
-    procs, victim, _ = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "term-sampled",
-                                                 configs=None, sampler="random", n_trials=2,
-                                                 space={"activation": [RENDEZVOUS]})
+    procs, victim = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "term-sampled",
+                                              configs=None, sampler="random", n_trials=2,
+                                              space={"activation": [RENDEZVOUS]})
     procs["victim"].terminate()
     out = _finish(procs["victim"], timeout=60)
     assert procs["victim"].returncode == 143, out
@@ -385,8 +385,8 @@ def test_a_waiting_worker_takes_over_a_killed_peers_trial(tmp_path: Path, tiny_n
     finds nothing to take but the dead one's RUNNING trial, waits, and once that trial is past
     `grace_period` marks it FAIL, takes its retry (same params, same seed) and completes it: no
     new worker has to start."""
-    procs, victim, _ = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "takeover",
-                                                 configs=[{"activation": RENDEZVOUS}], repeats=2)
+    procs, victim = _two_workers_mid_training(tmp_path, tiny_npz, optuna_pg, mlflow_server, "takeover",
+                                              configs=[{"activation": RENDEZVOUS}], repeats=2)
     procs["victim"].kill()
     procs["victim"].communicate()
     kept = _finish(procs["kept"])
