@@ -4,13 +4,14 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import postgres_database, skip_or_fail_without_postgres, write_tiny_npz
+from helpers import fail_without_postgres, postgres_database, write_tiny_npz
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _postgres_answers(url: str) -> bool:
@@ -22,7 +23,7 @@ def _postgres_answers(url: str) -> bool:
     try:
         with engine.connect():
             return True
-    except Exception:  # noqa: BLE001 - nothing there: the PostgreSQL tests skip (or fail in CI)
+    except Exception:  # noqa: BLE001 - nothing there: the PostgreSQL tests fail, saying so
         return False
     finally:
         engine.dispose()
@@ -33,6 +34,20 @@ def _postgres_answers(url: str) -> bool:
 if "SWEEP_TEST_POSTGRES_URL" not in os.environ and _postgres_answers(DEFAULT_POSTGRES_URL):
     os.environ["SWEEP_TEST_POSTGRES_URL"] = DEFAULT_POSTGRES_URL
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The system parts the tests use, found or missing, at the top of every run (tests that need a
+    missing one fail, saying how to get it; tests/setup-machine.sh installs them)."""
+    import shutil
+
+    from sweep.storage import mask
+
+    parts = {"PostgreSQL": mask(POSTGRES_URL) if POSTGRES_URL else None,
+             "docker-compose": shutil.which("docker-compose"),
+             "chromium": shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).is_file() else None),
+             "kubectl": shutil.which("kubectl")}
+    return ["system parts: " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in parts.items())]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +73,7 @@ def optuna_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         yield f"sqlite:///{tmp_path / 'optuna.db'}"
         return
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     url, drop = postgres_database(POSTGRES_URL)
     yield url
     drop()

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import sqlalchemy as sa
 import yaml
-from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import free_port, postgres_database, fail_without_postgres, study_dict, write_study
 
 from sweep.storage import DEPLOY_ENV, mask
 
@@ -32,7 +32,7 @@ PASSWORD = "k8s-Pa55@word/x"  # what the Secret would hold; trust auth here igno
 def _render(path: Path) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.fail("kubectl is not installed: the manifests are rendered with `kubectl kustomize` "
-                    "(.ci/run checks for it; install kubectl, e.g. from the Kubernetes apt repository)")
+                    "(install kubectl 1.27 or later, e.g. from the Kubernetes apt repository)", pytrace=False)
     r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
@@ -230,7 +230,7 @@ def test_no_password_in_a_manifest_configmap_or_image(rendered: dict[str, list[d
 def databases() -> Iterator[tuple[str, str]]:
     """Two fresh databases on the test server: Optuna's and MLflow's."""
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     optuna_url, drop_optuna = postgres_database(POSTGRES_URL)
     mlflow_url, drop_mlflow = postgres_database(POSTGRES_URL)
     yield optuna_url, mlflow_url

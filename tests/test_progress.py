@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import POSTGRES_URL
-from helpers import RENDEZVOUS, postgres_database, rendezvous, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import RENDEZVOUS, postgres_database, rendezvous, fail_without_postgres, study_dict, write_study
 
 from sweep.console import Console
 from sweep.runner import progress
@@ -196,7 +196,7 @@ def test_pipe_gets_one_whole_line_per_epoch_and_verbose_adds_more(tmp_path: Path
 @pytest.mark.postgres
 def test_workers_share_one_live_footer(tmp_path: Path, tiny_npz: Path) -> None:
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     url, drop = postgres_database(POSTGRES_URL)
     try:
         # both workers' trials train at the same moment: each waits for the other at its first step

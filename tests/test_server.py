@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from helpers import (TESTS, free_port, postgres_database, skip_or_fail_without_postgres, start_cli_server, study_dict,
+from helpers import (TESTS, free_port, postgres_database, fail_without_postgres, start_cli_server, study_dict,
                      wait_health, write_study)
 from mlflow import MlflowClient
 
@@ -117,7 +117,7 @@ def served_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         backend, optuna_url = f"sqlite:///{tmp / 'mlflow.db'}", f"sqlite:///{tmp / 'optuna.db'}"
     else:
         if not POSTGRES_URL:
-            skip_or_fail_without_postgres()
+            fail_without_postgres()
         backend, d1 = postgres_database(POSTGRES_URL)
         optuna_url, d2 = postgres_database(POSTGRES_URL)
         drops = [d1, d2]

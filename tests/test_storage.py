@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import postgres_database, skip_or_fail_without_postgres, study_dict, write_study
+from helpers import postgres_database, fail_without_postgres, study_dict, write_study
 
 from sweep import storage
 from sweep.config import load_settings
@@ -158,7 +158,7 @@ def test_refusal_names_both_masked_and_says_how_to_split() -> None:
 @pytest.fixture
 def postgres_db() -> str:
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     url, drop = postgres_database(POSTGRES_URL)
     yield url
     drop()
@@ -344,7 +344,7 @@ def test_study_lock_makes_a_second_process_wait_for_the_first(backend: str, tmp_
         url, drop = f"sqlite:///{tmp_path / 'o.db'}", None
     else:
         if not POSTGRES_URL:
-            skip_or_fail_without_postgres()
+            fail_without_postgres()
         url, drop = postgres_database(POSTGRES_URL)
     log = tmp_path / "lock.log"
 

@@ -41,7 +41,8 @@ def _chromium() -> str:
     path = shutil.which("chromium") or CHROMIUM
     if not Path(path).is_file():
         pytest.fail(f"no Chromium at {CHROMIUM}: the UI tests drive Debian's; install it with "
-                    "`apt-get install -y chromium` (.ci/run does)", pytrace=False)
+                    "`apt-get install -y chromium` (tests/setup-machine.sh, the README's test command, does)",
+                    pytrace=False)
     return path
 
 

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from helpers import (RENDEZVOUS, alive, descendants, free_port, postgres_database, recorded_test_metrics,
-                     rendezvous, skip_or_fail_without_postgres, study_dict, watch_study, write_study)
+                     rendezvous, fail_without_postgres, study_dict, watch_study, write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -55,7 +55,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def optuna_pg() -> Iterator[str]:
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     url, drop = postgres_database(POSTGRES_URL)
     yield sa.make_url(url).set(password=SECRET).render_as_string(hide_password=False)
     drop()
