@@ -8,8 +8,9 @@ The tutorials write `def __init__(self): super().__init__()`. Keras 3 passes nam
 and dtype= to the constructor when it loads a saved model, so __init__ takes **kwargs and hands
 them on: without that the model saves but never loads (sweep refuses such a class up front).
 No `register_keras_serializable` is needed: sweep registers what it imports (see
-sweep/models/custom.py); a process that loads the model later calls
-`sweep.models.custom.register("examples/my_relu.py:MyReLU")` first.
+sweep/models/custom.py), and each model it logs carries this file and a loader that registers it
+again (sweep/tracking/model_code.py): `mlflow.pyfunc.load_model(uri)` and `mlflow models serve`
+load it in any folder, without sweep.
 """
 
 import keras

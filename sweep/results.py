@@ -262,9 +262,9 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
     configurations are repeated over seeds, the best configuration's representative repeat).
 
     A logged model's URI (`models:/m-...`) names a model in one tracking store, so MLflow must be
-    pointed at the study's store to load it; this does that for the call only, and first
-    registers a custom activation the trial used (Keras loads only classes registered in the
-    loading process). A study of several metrics has no single best: pass `trial`.
+    pointed at the study's store to load it; this does that for the call only. A model with a
+    custom activation loads through the loader it carries (sweep/tracking/model_code.py), from any
+    working directory. A study of several metrics has no single best: pass `trial`.
     """
     import mlflow
 
@@ -289,13 +289,21 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
         raise SweepError(f"trial {t.number} of study {study!r} logged no model ({t.state.name}); "
                          "only complete trials have one")
     activation = t.params.get("activation")
-    if custom.is_custom(activation):
-        custom.register(activation)
     tracking = resolve(storage, tracking_uri).tracking
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(tracking)
     try:
+        if custom.is_custom(activation):
+            from mlflow import pyfunc
+            from mlflow.models import get_model_info
+
+            if pyfunc.CODE in get_model_info(uri).flavors[pyfunc.FLAVOR_NAME]:
+                # the model carries its activation's code and loader (sweep/tracking/model_code.py)
+                return pyfunc.load_model(uri).get_raw_model()
+            custom.register(activation)  # logged before models carried it: from the working directory
         return mlflow.keras.load_model(uri)
+    except custom.CustomActivationError:
+        raise  # its own line, naming the file (not a model deleted by keep_models)
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
         if "not found" in str(e) and cfg.tracking.keep_models != "all":
             raise SweepError(f"trial {t.number} of study {study!r} no longer has its model: only the "
@@ -366,6 +374,8 @@ def trials(study: str, storage: str | None = None) -> pd.DataFrame:
     A study of several metrics has a column per metric (Optuna's `values_<metric>`) for `value`."""
     s = load_study(study, storage)
     df = s.trials_dataframe()
+    if s.metric_names and len(s.metric_names) == 1:  # Optuna names one named metric's column value_<metric>
+        df = df.rename(columns={f"value_{s.metric_names[0]}": "value"})
     df = df.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_").removeprefix("values_"))
     if "state" in df:
         df["state"] = df["state"].astype(str)

@@ -12,7 +12,9 @@ sits (a study joined by name has no study file).
 Keras 3 loads a saved model's custom class or function only when it is registered in the
 loading process: it never imports a module named in a saved file. `load` registers what it
 imports as `sweep>NAME` (unless the code registered itself with `register_keras_serializable`),
-so a fresh process calls `register(NAME, ...)` before `mlflow.keras.load_model(uri)`.
+so a fresh process calls `register(NAME, ...)` before `mlflow.keras.load_model(uri)`. A model
+sweep logs carries what it needs instead (`used_by` and `code` say what; sweep/tracking/model_code.py
+logs it): it loads anywhere, with no file of the user's at hand.
 """
 
 from __future__ import annotations
@@ -282,3 +284,40 @@ def params(name: str) -> dict[str, str]:
     came from, the SHA-256 of that file, and whether it is a layer class or a function."""
     c = load(name)
     return {"activation.file": c.file, "activation.sha256": c.sha256, "activation.kind": c.kind}
+
+
+def used_by(model: Any) -> list[Custom]:
+    """The custom activations a Keras model uses: those loaded here whose registered name its
+    config holds (as a layer's class, or as the function an Activation or a linear layer calls)."""
+    import json
+
+    import keras
+
+    config = json.dumps(model.get_config(), default=str)
+    cwd = os.getcwd()
+    return [c for (_, where), c in _LOADED.items()
+            if where == cwd and json.dumps(keras.saving.get_registered_name(c.obj)) in config]
+
+
+def _installed(file: Path) -> bool:
+    return any(part in ("site-packages", "dist-packages") for part in file.parts)
+
+
+def code(c: Custom) -> tuple[Path | None, dict[str, str]]:
+    """What a model using `c` carries to load without this working directory: the file or package
+    folder to copy beside its loader (None for a module of an installed package: a requirement,
+    not code), and how that loader imports and registers it: {"registered": Keras' name,
+    "module": the module to import, "attr": the name in it, "file": the copied file to import by
+    path (a file.py:Name activation), else ""}."""
+    import keras
+
+    where, attr = _split(c.name)
+    entry = {"registered": keras.saving.get_registered_name(c.obj), "attr": attr, "file": ""}
+    file = Path(c.file)
+    if _is_file(where):
+        return file, {**entry, "module": f"_sweep_custom_{file.stem}_{c.sha256[:10]}", "file": file.name}
+    entry["module"] = where
+    if not file.is_file() or _installed(file):
+        return None, entry
+    depth = where.count(".") + (file.name == "__init__.py")  # folders up to the top-level package
+    return (file if depth == 0 else file.parents[depth - 1]), entry

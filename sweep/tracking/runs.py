@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError
 from sweep.storage import mask, tracking_artifact_location
+from sweep.tracking import model_code
 from sweep.tracking.sender import NoRun, Sender
 
 if TYPE_CHECKING:
@@ -474,7 +475,8 @@ class TrialRun:
         self._send(upload, f"files for {artifact_dir}/")
 
     def log_result(self, result: Result, model: keras.Model, label: str) -> str | None:
-        """Final test metrics, the tutorials' curve PNGs and the model (Keras flavor).
+        """Final test metrics, the tutorials' curve PNGs and the model (Keras flavor, with a custom
+        activation's code and loader: sweep/tracking/model_code.py).
 
         Returns the model URI, or None when MLflow could not take the model now."""
         # at the last epoch's step, where the model is linked (below): its MLflow page then shows
@@ -511,6 +513,7 @@ class TrialRun:
         path = self.tracker.stage() / "model"
         mlflow.keras.save_model(model, str(path), signature=_signature(model),
                                 pip_requirements=[f"{backend}=={engine.__version__}", f"keras=={keras.__version__}"])
+        model_code.add(model, path)  # a custom activation's source travels with the model
         return path
 
     def _upload_model(self, saved: Path, step: int) -> str | None:
