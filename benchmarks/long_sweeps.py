@@ -3,7 +3,7 @@ processes, what a study leaves on disk with and without `tracking.keep_models`, 
 read commands take on a study of 10,000 trials.
 
     python benchmarks/long_sweeps.py [--parts memory,disk,reads] [--memory-trials 500] [--trials 20]
-                                     [--keep 3] [--big 10000]
+                                     [--keep 3] [--big 10000] [--rounds 5]
 
 memory: the study below with `--memory-trials` trials, run twice (the default hand-over; none),
 the resident memory of `sweep run`'s processes read after each trial's line.
@@ -16,7 +16,8 @@ rest (plots, diagnostics, configs), and how many models are left.
 
 reads: a real 2-trial sweep on tiny synthetic images, then `--big` copies of its first trial added
 to the Optuna study (`Study.add_trials`, the same params and attributes, random values), and each
-read command timed as a fresh process (median of 3) beside `sweep --help`. Not a test.
+read command timed as a fresh process beside `sweep --help`, all in turn, `--rounds` times (the
+medians are compared). Not a test.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def bytes_under(folder: Path) -> tuple[int, int, int]:
     return models, other, n
 
 
-def reads(big: int) -> None:
+def reads(big: int, rounds: int) -> None:
     import random
     import statistics
 
@@ -89,30 +90,34 @@ def reads(big: int) -> None:
                                                     value=0.9 + 0.1 * draw.random(), user_attrs=dict(first.user_attrs))
                           for _ in range(big)])
         print(f"study of {len(study.trials)} trials built in {time.perf_counter() - t0:.0f} s")
-        rows = []
-
-        def timed(cmd: list[str], label: str, env: dict[str, str] = ENV, repeat: int = 3) -> None:
-            times = []
-            for _ in range(repeat):
+        # each command a fresh process, in turn (--help, best, status, trials, compare, --help, ...),
+        # so every ratio to --help is measured side by side under the same load; medians of `rounds`
+        (folder / "settings.yaml").write_text(f"optuna_storage: sqlite:///{folder / 'sweep-optuna.db'}\n")
+        commands = {"--help": (["--help"], ENV), "best big": (["best", "big"], ENV),
+                    "status big": (["status", "big"], ENV), "trials big": (["trials", "big"], ENV),
+                    "compare big": (["compare", "big"], ENV),
+                    # where a settings file is read (validated with pydantic), as in the repository
+                    "best big, mlflow.yaml": (["best", "big"], {**ENV, "SWEEP_CONFIG": str(folder / "settings.yaml")})}
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(rounds):
+            for name, (cmd, env) in commands.items():
                 t0 = time.perf_counter()
                 r = subprocess.run([sys.executable, "-m", "sweep", *cmd], cwd=folder, env=env, capture_output=True,
                                    text=True)
-                times.append(time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0)
                 if r.returncode != 0:
                     raise SystemExit(f"sweep {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-            rows.append((label, statistics.median(times)))
-
-        for cmd in (["--help"], ["best", "big"], ["status", "big"], ["trials", "big"], ["compare", "big"]):
-            timed(cmd, " ".join(cmd))
-        # the same `best` where a settings file is read (validated with pydantic), as in the repository
-        (folder / "settings.yaml").write_text(f"optuna_storage: sqlite:///{folder / 'sweep-optuna.db'}\n")
-        timed(["best", "big"], "best big, mlflow.yaml", {**ENV, "SWEEP_CONFIG": str(folder / "settings.yaml")})
+        help_s = statistics.median(times["--help"])
+        print(f"{'command':<22}  {'median s':>8}  {'vs --help':>9}  (medians of {rounds}, in turn)")
+        for name, ts in times.items():
+            print(f"{name:<22}  {statistics.median(ts):>8.2f}  {statistics.median(ts) / help_s:>9.1f}")
         # a run of the complete study: nothing to train; it rewrites the parent run's summary
-        timed(["run", "big"], "run big (complete)", repeat=1)
-        help_s = rows[0][1]
-        print(f"{'command':<22}  {'median s':>8}  {'vs --help':>9}")
-        for name, t in rows:
-            print(f"{name:<22}  {t:>8.2f}  {t / help_s:>9.1f}")
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "sweep", "run", "big"], cwd=folder, env=ENV, capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"sweep run big failed ({r.returncode}):\n{r.stderr[-2000:]}")
+        print(f"{'run big (complete)':<22}  {time.perf_counter() - t0:>8.2f}  (one run)")
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{folder / 'sweep-mlflow.db'}")
@@ -176,6 +181,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--keep", type=int, default=3)
     ap.add_argument("--big", type=int, default=10000, help="trials in the reads study")
+    ap.add_argument("--rounds", type=int, default=5, help="reads: each command this many times, in turn")
     ap.add_argument("--parts", default="disk,reads", help="any of memory, disk, reads")
     ap.add_argument("--memory-trials", type=int, default=500)
     args = ap.parse_args()
@@ -183,7 +189,7 @@ def main() -> None:
         marks = sorted({m for m in (5, 50, 100, 200, 300, 400, 500, args.memory_trials) if m <= args.memory_trials})
         memory(args.memory_trials, marks)
     if "reads" in args.parts:
-        reads(args.big)
+        reads(args.big, args.rounds)
     if "disk" not in args.parts:
         return
     print(f"{'keep_models':>11}  {'trials':>6}  {'models left':>11}  {'model MB':>8}  {'other MB':>8}  "

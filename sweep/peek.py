@@ -1,11 +1,11 @@
-"""A study's best trial, and the few columns of every trial `sweep status` needs, read straight
-from Optuna's tables.
+"""A study's best trial, its trials counted for `sweep status`, and the few columns of every
+trial `sweep trials` needs, read straight from Optuna's tables.
 
 Why not Optuna: opening its `RDBStorage` imports Optuna, SQLAlchemy and alembic and checks the
 schema's version on every open, about 0.7 s before the first query (benchmarks/README.md), when
-`sweep best` on a study of 10,000 trials needs two small queries; and `sweep status` needs four
-columns of each trial where Optuna builds every trial whole (params, attributes, every epoch's
-value: 6 s on 10,000 trials). So the read commands first ask
+`sweep best` on a study of 10,000 trials needs two small queries; and `sweep status` needs counts
+where Optuna builds every trial whole (params, attributes, every epoch's value: 6 s on 10,000
+trials). So the read commands first ask
 the database here, with the standard library's `sqlite3` or `psycopg2`, the same queries Optuna
 runs; only a schema this module knows is read (Optuna's `alembic_version`), and anything else
 (another schema, another database, an unusual URL, an error) returns None, and the caller goes
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from sweep.record import CONFIG_ATTR
+from sweep.record import CONFIG_ATTR, counts_as_done
 
 # Optuna's schema revisions whose tables, columns and encodings this module reads (Optuna 3.2-5.0)
 KNOWN_SCHEMAS = {"v3.2.0.a"}
@@ -54,8 +54,14 @@ def _connect(url: str) -> Iterator[Any]:
         mark = "%s"
     else:
         raise LookupError(url)
+    def query(sql: str, *args: Any) -> list[tuple]:
+        return _rows(conn, sql.replace("?", mark), args)
+
+    # a trial's seconds from start to end, NULL unless both are set (SQLite keeps text)
+    query.seconds = ("(julianday(t.datetime_complete) - julianday(t.datetime_start)) * 86400.0" if mark == "?"
+                     else "EXTRACT(EPOCH FROM t.datetime_complete - t.datetime_start)")
     try:
-        yield lambda sql, *args: _rows(conn, sql.replace("?", mark), args)
+        yield query
     finally:
         conn.close()
 
@@ -134,38 +140,78 @@ class Brief:
         return None
 
 
-def briefs(url: str, study: str) -> tuple[list[Brief], dict[str, Any] | None] | None:
-    """Every trial of `study` in brief, by number, and its stored config; None: ask Optuna."""
+@dataclass
+class Tally:
+    """What `sweep status` says of a study, counted: trials by state and by worker, those done for
+    good (`sweep.runner.worker.done`) and their summed seconds, the running ones in brief, the
+    retried ones. `target` is the stored `sweep.target`; `config` the stored config, for a study
+    stored before `sweep.target` existed."""
+
+    states: dict[str, int]
+    by_worker: dict[str, dict[str, int]]
+    done: int
+    done_seconds: float  # summed over the done trials with a start and an end
+    done_timed: int  # how many those are
+    running: list[Brief]  # by number: number, datetime_start, the worker, last_step
+    retried: int
+    target: int | None = None
+    config: dict[str, Any] | None = None
+
+
+def tally(url: str, study: str) -> Tally | None:
+    """`study` counted in the database (GROUP BY: a few rows, however many trials), the running
+    trials and the retried ones read row by row (a few); None: ask Optuna."""
+    from sweep.record import INTERRUPTED, TARGET_ATTR, WORKER
+
     try:
         with _connect(url) as query:
             study_id = _study_id(query, study)
             if study_id is None:
                 return None
-            rows = query(
-                "SELECT t.number, t.state, t.datetime_start, t.datetime_complete, w.value_json, i.value_json, "
-                "r.value_json FROM trials t "
-                "LEFT JOIN trial_user_attributes w ON w.trial_id = t.trial_id AND w.key = 'worker' "
-                "LEFT JOIN trial_user_attributes i ON i.trial_id = t.trial_id AND i.key = 'interrupted' "
-                "LEFT JOIN trial_system_attributes r ON r.trial_id = t.trial_id AND r.key = 'retry_history' "
-                "WHERE t.study_id = ? ORDER BY t.number", study_id)
-            steps = dict(query(
-                "SELECT t.number, MAX(v.step) FROM trials t JOIN trial_intermediate_values v "
-                "ON v.trial_id = t.trial_id WHERE t.study_id = ? AND t.state = 'RUNNING' GROUP BY t.number",
-                study_id))
-            config = _config(query, study_id)
+            attr = ("LEFT JOIN trial_user_attributes {0} ON {0}.trial_id = t.trial_id AND {0}.key = '{1}' ")
+            worker, interrupted = attr.format("w", WORKER), attr.format("i", INTERRUPTED)
+            groups = query(
+                f"SELECT t.state, w.value_json, i.value_json, COUNT(*), SUM({query.seconds}), COUNT({query.seconds}) "
+                f"FROM trials t {worker}{interrupted}WHERE t.study_id = ? "
+                "GROUP BY t.state, w.value_json, i.value_json", study_id)
+            running = query(
+                f"SELECT t.number, t.datetime_start, w.value_json, MAX(v.step) FROM trials t {worker}"
+                "LEFT JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                "WHERE t.study_id = ? AND t.state = 'RUNNING' "
+                "GROUP BY t.number, t.datetime_start, w.value_json ORDER BY t.number", study_id)
+            retried: set[int] = set()
+            for (history,) in query(
+                    "SELECT r.value_json FROM trial_system_attributes r JOIN trials t ON t.trial_id = r.trial_id "
+                    "WHERE t.study_id = ? AND r.key = 'retry_history'", study_id):
+                retried.update(int(n) for n in json.loads(history))
+            superseded = query(
+                f"SELECT t.state, i.value_json, {query.seconds} FROM trials t {interrupted}"
+                f"WHERE t.study_id = ? AND t.number IN ({', '.join(str(n) for n in sorted(retried))})",
+                study_id) if retried else []
+            attrs = dict(query("SELECT key, value_json FROM study_user_attributes WHERE study_id = ? AND key IN (?, ?)",
+                               study_id, TARGET_ATTR, CONFIG_ATTR))
     except Exception:  # noqa: BLE001 - as in best()
         return None
-    out = []
-    for number, state, start, complete, worker, interrupted, retries in rows:
-        b = Brief(number, _name(state), _when(start), _when(complete), last_step=steps.get(number))
-        if worker is not None:
-            b.user_attrs["worker"] = json.loads(worker)
-        if interrupted is not None:
-            b.user_attrs["interrupted"] = json.loads(interrupted)
-        if retries is not None:
-            b.system_attrs["retry_history"] = json.loads(retries)
-        out.append(b)
-    return out, config
+    states: dict[str, int] = {}
+    by_worker: dict[str, dict[str, int]] = {}
+    done, seconds, timed = 0, 0.0, 0
+    for state, worker_json, interrupted_json, n, summed, n_timed in groups:
+        state, w = _name(state), (json.loads(worker_json) if worker_json is not None else None) or "-"
+        states[state] = states.get(state, 0) + n
+        by_worker.setdefault(w, {})[state] = by_worker.get(w, {}).get(state, 0) + n
+        if counts_as_done(state, interrupted_json is not None and json.loads(interrupted_json)):
+            done, seconds, timed = done + n, seconds + float(summed or 0.0), timed + n_timed
+    for state, interrupted_json, s in superseded:  # retried: no longer counted
+        if counts_as_done(_name(state), interrupted_json is not None and json.loads(interrupted_json)):
+            done -= 1
+            if s is not None:
+                seconds, timed = seconds - float(s), timed - 1
+    briefs = [Brief(number, "RUNNING", _when(start), last_step=step,
+                    user_attrs={WORKER: json.loads(w)} if w is not None else {})
+              for number, start, w, step in running]
+    target = json.loads(attrs[TARGET_ATTR]) if TARGET_ATTR in attrs else None
+    config = json.loads(attrs[CONFIG_ATTR]) if target is None and CONFIG_ATTR in attrs else None
+    return Tally(states, by_worker, done, seconds, timed, briefs, len(retried), target, config)
 
 
 def trials(url: str, study: str, attrs: tuple[str, ...]) -> tuple[list[Brief], dict[str, Any] | None] | None:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # study user attributes
 CONFIG_ATTR = "sweep.config"
 PARENT_ATTR = "sweep.mlflow_parent_run_id"
+# trials the stored config wants done (sweep.runner.worker.target), stored beside it so `sweep
+# status` needs neither pydantic nor the plan to say "7/20 done" (sweep/peek.py)
+TARGET_ATTR = "sweep.target"
 # a search and the study that re-trains its finalists on fresh seeds (sweep confirm), each naming
 # the other; the same names tag their MLflow parent runs
 CONFIRMS = "sweep.confirms"  # on the confirmation: the search's name
@@ -42,9 +45,30 @@ FINAL_METRICS = ("test_accuracy", "test_loss", "mean_epoch_seconds")
 SURPLUS = "surplus"
 
 
+def counts_as_done(state: str, interrupted: Any) -> bool:
+    """Whether a finished trial took its place in the study for good (unless a retry superseded
+    it, `sweep.runner.worker.done`): COMPLETE, PRUNED, or FAIL not interrupted."""
+    return state in ("COMPLETE", "PRUNED") or (state == "FAIL" and not interrupted)
+
+
 def state_name(t: Any) -> str:
     """COMPLETE, RUNNING, ...: an Optuna `TrialState`'s name, or a `sweep.peek.Brief`'s string."""
     return getattr(t.state, "name", t.state)
+
+
+def name_metrics(study: optuna.Study, metrics: list[str]) -> None:
+    """Set Optuna's metric names to the study's metrics (`val_accuracy`, or one per objective), so
+    optuna-dashboard, `optuna best-trial`, Optuna's plots and `trials_dataframe` say them rather
+    than "Objective 0". Written only when they differ: a study made before sweep named them gets
+    them when it next runs."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names != list(metrics):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
 
 
 def load_study(name: str, storage: str | None = None) -> optuna.Study:

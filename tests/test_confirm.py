@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
-from helpers import free_port, postgres_database, skip_or_fail_without_postgres, study_dict, watch_study, write_study
+from helpers import free_port, postgres_database, fail_without_postgres, study_dict, watch_study, write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -152,6 +152,7 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     search_seeds = {t.user_attrs[SEED] for t in search.get_trials()}
     assert not set(seeds[0]) & search_seeds and min(seeds[0]) > max(search_seeds)
 
+    assert conf.metric_names == _study(storage, "rs").metric_names == ["val_accuracy"]  # as Optuna's tools show them
     # linked both ways: Optuna and MLflow
     assert conf.user_attrs[CONFIRMS] == "rs" and _study(storage, "rs").user_attrs[CONFIRMED_BY] == "rs-confirm"
     client = MlflowClient(tracking)
@@ -231,7 +232,7 @@ def test_an_interrupted_confirmation_resumes_with_two_workers_training_only_the_
     """Ctrl-C of `sweep confirm`, then `sweep confirm --workers 2` on PostgreSQL: the runs finished
     before the stop are kept, each missing (finalist, seed) is trained once, nothing surplus."""
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     storage, drop = postgres_database(POSTGRES_URL)
     try:
         _interrupt_then_resume(tmp_path, mnist_path, storage, server)
@@ -281,7 +282,7 @@ def test_a_confirm_section_runs_after_the_search_and_its_workers_go_on_to_it(tmp
     """`sweep run FILE --workers 2`: two `sweep worker` processes run the search, then both take the
     confirmation's trials; each (finalist, seed) is trained once."""
     if not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     storage, drop = postgres_database(POSTGRES_URL)
     try:
         path = write_study(tmp_path, _search(mnist_path, "pgsec", confirm={"top": 2, "repeats": 3}))

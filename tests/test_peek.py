@@ -120,15 +120,47 @@ def test_status_is_the_same_either_way(optuna_url: str, monkeypatch: pytest.Monk
         d = st.to_dict()
         for r in d["running"]:
             r["seconds"] = round(r["seconds"] / 3600)  # hours since 10:00 that day: equal either way
+        for k in ("mean_trial_seconds", "eta_seconds"):  # SQLite's julianday() is exact to ~0.1 ms
+            d[k] = round(d[k], 3)
         return d
 
-    quick = fixed(status("st", storage=optuna_url))
-    monkeypatch.setattr(peek, "briefs", lambda url, study: None)
+    add(TrialState.FAIL, "w2", 1, sa={"failed_trial": 3, "retry_history": [3]})  # an interrupted one retried
+
+    quick = fixed(status("st", storage=optuna_url))  # a study stored before sweep.target: from its config
+    s.set_user_attr("sweep.target", 12)
+    stored = fixed(status("st", storage=optuna_url))
+    monkeypatch.setattr(peek, "tally", lambda url, study: None)
+    assert stored == fixed(status("st", storage=optuna_url))
+    s.set_user_attr("sweep.target", None)  # Optuna keeps the key: read as absent
     assert quick == fixed(status("st", storage=optuna_url))
-    assert quick["done"] == 4 and quick["retried"] == 1 and quick["target"] == 9
-    assert quick["states"] == {"COMPLETE": 3, "PRUNED": 1, "FAIL": 2, "RUNNING": 2}
+    assert quick["target"] == 9 and stored["target"] == 12
+    assert {**stored, "target": 9, "eta_seconds": quick["eta_seconds"]} == quick
+    assert quick["done"] == 5 and quick["retried"] == 2
+    assert quick["states"] == {"COMPLETE": 3, "PRUNED": 1, "FAIL": 3, "RUNNING": 2}
+    assert quick["by_worker"] == {"w0": {"COMPLETE": 1, "PRUNED": 1, "FAIL": 1, "RUNNING": 1},
+                                  "w1": {"COMPLETE": 2, "FAIL": 1, "RUNNING": 1}, "w2": {"FAIL": 1}}
     assert [(r["trial"], r["worker"], r["epoch"]) for r in quick["running"]] == [(6, "w0", 2), (7, "w1", None)]
-    assert quick["mean_trial_seconds"] == pytest.approx((3 + 5 + 1 + 6) * 60 / 4)
+    assert quick["mean_trial_seconds"] == pytest.approx((3 + 5 + 1 + 6 + 1) * 60 / 5)
+
+
+def test_status_counts_in_the_database_without_optuna_or_pydantic(tmp_path: Path) -> None:
+    """`sweep status` of a study with `sweep.target` stored, in a fresh process: counted by the
+    database (sweep/peek.py), and neither Optuna, NumPy nor pydantic imported for it."""
+    import json
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    s = _study(url, "light", "maximize", [_trial(0.8, units=10), _trial(None, TrialState.RUNNING, units=20)])
+    s.set_user_attr("sweep.target", 5)
+    code = ("import json, sys\n"
+            "from sweep.runner.status import status\n"
+            "st = status('light', storage=sys.argv[1]).to_dict()\n"
+            "print(json.dumps([st['done'], st['target'], st['states'], "
+            "sorted(m for m in ('optuna', 'numpy', 'pydantic', 'sqlalchemy') if m in sys.modules)]))\n")
+    r = subprocess.run([sys.executable, "-c", code, url], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == [1, 5, {"COMPLETE": 1, "RUNNING": 1}, []]
 
 
 def test_trials_table_is_the_same_either_way(optuna_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

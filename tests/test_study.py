@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import (TESTS, logged_weights, on_backend, postgres_database, skip_or_fail_without_postgres, study_dict,
-                     write_study)
+from helpers import (TESTS, fail_without_postgres, free_port, logged_weights, on_backend, postgres_database,
+                     study_dict, write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -48,7 +49,7 @@ def mnist_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     if request.param == "sqlite":
         storage = f"sqlite:///{tmp / 'optuna.db'}"
     elif not POSTGRES_URL:
-        skip_or_fail_without_postgres()
+        fail_without_postgres()
     else:
         storage, drop = postgres_database(POSTGRES_URL)
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -205,6 +206,41 @@ def test_trials_dataframe(mnist_sweep: dict[str, Any]) -> None:
     assert list(df["state"]) == ["COMPLETE"] * 3
     assert list(df["activation"]) == ["relu", "leaky_relu", "prelu"]
     assert df["mlflow_run_id"].notna().all()
+    # Optuna's own readers (optuna-dashboard, `optuna best-trial`, its plots) see the metric's name
+    study = optuna.load_study(study_name="mnist-families", storage=mnist_sweep["storage"])
+    assert study.metric_names == ["val_accuracy"]
+    assert study.user_attrs["sweep.target"] == 3  # what `sweep status` counts against, without the config
+    assert list(df["value"]) == [t.value for t in study.get_trials()]  # still `value` in sweep's table
+
+
+def test_optuna_dashboard_names_the_metric(mnist_sweep: dict[str, Any], tmp_path: Path) -> None:
+    """optuna-dashboard (the `dashboard` extra) on the study's store, as the README runs it, labels
+    the objective with the study's metric, not "Objective 0"."""
+    import urllib.request
+
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), mnist_sweep["storage"], "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
+                    studies = {s["study_name"]: s["study_id"] for s in json.loads(r.read())["study_summaries"]}
+                break
+            except OSError:
+                assert proc.poll() is None, f"optuna-dashboard exited {proc.returncode}: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"optuna-dashboard never answered: {log.read_text()[-2000:]}"
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{studies['mnist-families']}?after=0",
+                                    timeout=60) as r:
+            detail = json.loads(r.read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert detail["objective_names"] == ["val_accuracy"]
+    assert len(detail["trials"]) == 3
 
 
 def test_cli_best_json_without_tensorflow(mnist_sweep: dict[str, Any]) -> None:

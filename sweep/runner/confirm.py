@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import ranking
 from sweep.errors import SweepError
-from sweep.record import CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, SEED, state_name
+from sweep.record import CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, SEED, name_metrics, state_name
 
 if TYPE_CHECKING:
     import optuna
@@ -115,6 +115,7 @@ def link(search: optuna.Study, confirmation: StudyConfig, rdb: Any) -> None:
 
     study = optuna.create_study(study_name=confirmation.study, storage=rdb, direction=confirmation.search.direction,
                                 load_if_exists=True)
+    name_metrics(study, confirmation.search.metrics)
     confirms = study.user_attrs.get(CONFIRMS)
     if (confirms is None and study.user_attrs.get(CONFIG_ATTR) is not None) or confirms not in (None, search.study_name):
         what = f"confirms study {confirms!r}" if confirms else "is a study of its own, not a confirmation"

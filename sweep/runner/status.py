@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweep import record as obj
-from sweep.record import load_study, stored_config
+from sweep.peek import Tally
+from sweep.record import load_study, state_name, stored_config
 from sweep.runner.progress import duration
-from sweep.runner.worker import done, state_name, target
+from sweep.runner.worker import done, target
 
 if TYPE_CHECKING:
     from sweep.config import StudyConfig
@@ -38,49 +39,66 @@ class Status:
 
 def status(study: str, storage: str | None = None) -> Status:
     """The state of `study` now, as `sweep status` prints it."""
-    from sweep import search
-    from sweep.runner.liveness import superseded
-
-    trials, cfg = _trials(study, storage)
-    plan = search.plan(cfg.search)
-    wanted = target(cfg.search, plan)
-    finished = done(trials)
-    by_worker: dict[str, Counter] = defaultdict(Counter)
-    for t in trials:
-        by_worker[t.user_attrs.get(obj.WORKER) or "-"][state_name(t)] += 1
+    tally = _tally(study, storage)
     now = dt.datetime.now()
     running = [
         {"trial": t.number, "worker": t.user_attrs.get(obj.WORKER) or "-",
          "seconds": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
          "epoch": t.last_step}
-        for t in trials if state_name(t) == "RUNNING"
+        for t in tally.running
     ]
-    durations = [t.duration.total_seconds() for t in finished if t.duration]
-    mean = sum(durations) / len(durations) if durations else None
-    left = max(0, wanted - len(finished))
+    wanted = tally.target
+    mean = tally.done_seconds / tally.done_timed if tally.done_timed else None
+    left = max(0, wanted - tally.done)
     eta = None
     if mean is not None and left:
         eta = mean * left / max(1, len(running))
     return Status(
-        study=study, target=wanted, done=len(finished),
-        states=dict(Counter(state_name(t) for t in trials)),
-        by_worker={w: dict(c) for w, c in sorted(by_worker.items())},
-        running=running, retried=len(superseded(trials)), mean_trial_seconds=mean, eta_seconds=eta,
+        study=study, target=wanted, done=tally.done, states=tally.states,
+        by_worker={w: tally.by_worker[w] for w in sorted(tally.by_worker)},
+        running=running, retried=tally.retried, mean_trial_seconds=mean, eta_seconds=eta,
     )
 
 
-def _trials(study: str, storage: str | None) -> tuple[list[Any], StudyConfig]:
-    """The study's trials, in brief from its tables (sweep/peek.py: the columns counted here, not
-    every trial whole), else whole through Optuna; and its stored config."""
+def _tally(study: str, storage: str | None) -> Tally:
+    """The study counted in its tables (sweep/peek.py: a few rows, not every trial), else from
+    every trial whole through Optuna; `target` always set."""
     from sweep import peek
     from sweep.record import parse_stored
     from sweep.storage import resolve
 
-    brief = peek.briefs(resolve(storage).optuna, study)
-    if brief is not None and brief[1] is not None:
-        return brief[0], parse_stored(brief[1], study)
+    tally = peek.tally(resolve(storage).optuna, study)
+    if tally is not None and tally.target is None and tally.config is not None:
+        tally.target = _target(parse_stored(tally.config, study))  # a study stored before sweep.target
+    if tally is not None and tally.target is not None:
+        return tally
     s = load_study(study, storage)
-    return s.get_trials(deepcopy=False), stored_config(s)
+    stored = s.user_attrs.get(obj.TARGET_ATTR)
+    return counted(s.get_trials(deepcopy=False), stored if stored is not None else _target(stored_config(s)))
+
+
+def counted(trials: list[Any], target: int) -> Tally:
+    """What `sweep.peek.tally` counts in the database, counted here from Optuna's trials."""
+    from sweep.runner.liveness import superseded
+
+    finished = done(trials)
+    by_worker: dict[str, Counter] = defaultdict(Counter)
+    for t in trials:
+        by_worker[t.user_attrs.get(obj.WORKER) or "-"][state_name(t)] += 1
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
+               if t.datetime_start and t.datetime_complete]
+    return Tally(states=dict(Counter(state_name(t) for t in trials)),
+                 by_worker={w: dict(c) for w, c in by_worker.items()}, done=len(finished),
+                 done_seconds=sum(seconds), done_timed=len(seconds),
+                 running=[t for t in trials if state_name(t) == "RUNNING"], retried=len(superseded(trials)),
+                 target=target)
+
+
+def _target(cfg: StudyConfig) -> int:
+    """Trials a study stored before `sweep.target` existed wants, from its stored config."""
+    from sweep import search
+
+    return target(cfg.search, search.plan(cfg.search))
 
 
 def format_status(st: Status) -> str:

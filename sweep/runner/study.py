@@ -18,8 +18,8 @@ from sweep import config as config_mod
 from sweep import data as data_mod
 from sweep import ranking, search
 from sweep.errors import ConfigError
-from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, load_study,  # noqa: F401 (re-exported)
-                          stored_config)
+from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, TARGET_ATTR, load_study,  # noqa: F401 (re-exported)
+                          name_metrics, stored_config)
 from sweep.runner import handover
 from sweep.runner import objective as obj
 from sweep.runner import progress
@@ -102,21 +102,10 @@ def _open(cfg: StudyConfig, stores: Stores, rdb: optuna.storages.BaseStorage
 
 
 def _create(cfg: StudyConfig, rdb: optuna.storages.BaseStorage) -> optuna.Study:
-    import warnings
-
     import optuna
 
-    metrics = cfg.search.metrics
-    if len(metrics) == 1:
-        return optuna.create_study(study_name=cfg.study, storage=rdb, direction=cfg.search.direction,
-                                   load_if_exists=True)
     study = optuna.create_study(study_name=cfg.study, storage=rdb, directions=cfg.search.directions,
                                 load_if_exists=True)
-    # named, Optuna's Pareto plot and trials_dataframe say `val_accuracy` rather than "Objective 0"
-    # (not for one metric: trials_dataframe would rename its `value` column)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(metrics))
     return study
 
 
@@ -235,6 +224,8 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
         for t in opt_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             rdb.record_heartbeat(t._trial_id)
         configs = search.plan(cfg.search)
+        opt_study.set_user_attr(TARGET_ATTR, worker.target(cfg.search, configs))
+        name_metrics(opt_study, cfg.search.metrics)  # a study made before sweep named them gets them now
         if configs is not None:
             todo = _enqueue_plan(opt_study, configs, cfg)
         else:

@@ -131,12 +131,11 @@ def done(trials: list[T]) -> list[T]:
     """Finished trials that took their place in the study for good: COMPLETE, PRUNED and FAIL,
     less interrupted ones (Ctrl-C, SIGTERM: run again on resume) and stale ones a retry replaced.
     Optuna's trials, or `sweep.peek.Brief`s (whose state is its name)."""
+    from sweep.record import INTERRUPTED, counts_as_done
     from sweep.runner.liveness import superseded
-    from sweep.record import INTERRUPTED
 
     gone = superseded(trials)
-    return [t for t in trials if t.number not in gone and (
-        state_name(t) in ("COMPLETE", "PRUNED") or (state_name(t) == "FAIL" and not t.user_attrs.get(INTERRUPTED)))]
+    return [t for t in trials if t.number not in gone and counts_as_done(state_name(t), t.user_attrs.get(INTERRUPTED))]
 
 
 def target(search: SearchConfig, plan: list[Any] | None) -> int:
