@@ -269,12 +269,30 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             return 0
         # the parent's view of its workers: their trials in one live footer on a terminal
         code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
-                           threads=threads)
+                           threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
     finally:
         p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code
+
+
+def _has_all(study: Any, storage: str) -> bool:
+    """Whether a study and, where its file has a `confirm` section, its confirmation have every
+    trial they need (`sweep run --workers N` exits 0 then, whatever happened to a worker)."""
+    from sweep.record import CONFIRMED_BY, load_study, stored_config
+    from sweep.runner.worker import has_all
+
+    cfg = stored_config(study)
+    if not has_all(study, cfg):
+        return False
+    if cfg.confirm is None:
+        return True
+    confirmation = study.user_attrs.get(CONFIRMED_BY)
+    if confirmation is None:
+        return False
+    c = load_study(confirmation, storage)
+    return has_all(c, stored_config(c))
 
 
 @app.command()

@@ -38,22 +38,81 @@ MLFLOW_BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 LOG_DIR = Path("sweep-logs")
 
 
+# `mlflow server` runs uvicorn (or gunicorn) as a child of its own. Signalled alone, or left
+# behind when sweep server is SIGKILLed, that child keeps the port and answers clients. So
+# `mlflow server` runs under a guard (`python -m sweep.server CMD`, `guard` below): the guard leads
+# the server's process group and reads a pipe whose only writer is sweep server. End of file, because
+# sweep server stopped it or because sweep server died however it died, makes the guard stop the
+# whole group: SIGTERM, then SIGKILL after GUARD_GRACE seconds. Linux's PR_SET_PDEATHSIG would
+# reach one process, not the children it starts; the pipe reaches the guard whatever ends sweep server.
+GUARD_GRACE = 10.0
+
+
 @dataclass
 class Server:
-    process: subprocess.Popen
+    process: subprocess.Popen  # the guard, leader of the server's process group; stdin: its lifeline
     url: str
     log_path: Path
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+    def stop(self, timeout: float = GUARD_GRACE + 10.0) -> int:
+        """Close the lifeline (the guard stops the group), SIGKILL the group after `timeout`;
+        returns the exit code. A signal that interrupts this leaves the lifeline closed: the
+        guard finishes the job."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def guard(cmd: list[str]) -> int:
+    """Run `cmd` in this process's group until it exits or stdin reaches end of file, then stop
+    every other process of the group (see GUARD_GRACE). Returns `cmd`'s exit code."""
+    import selectors
+
+    if os.getpgrp() != os.getpid():
+        os.setpgid(0, 0)  # a group of its own, whoever started it: the group is what it stops
+    stopping = False
+
+    def on_signal(*_: object) -> None:  # the group's SIGTERM reaches the guard too
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    lifeline = selectors.DefaultSelector()
+    lifeline.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    while child.poll() is None and not stopping:
+        if lifeline.select(timeout=0.5) and not os.read(sys.stdin.fileno(), 4096):
+            break  # end of file: sweep server stopped it, or is gone
+    group = os.getpgrp()
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + GUARD_GRACE
+    while (child.poll() is None or _others_in_group(group)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if child.poll() is None or _others_in_group(group):
+        os.killpg(group, signal.SIGKILL)  # this guard too
+    code = child.wait()
+    return 128 - code if code < 0 else code
+
+
+def _others_in_group(group: int) -> bool:
+    """Whether a live process other than this one is in process group `group` (Linux's /proc;
+    elsewhere: False, and only `mlflow server` itself is waited for)."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group and int(stat.parent.name) != me:
+            return True
+    return False
 
 
 def _tool(name: str) -> list[str]:
@@ -147,8 +206,8 @@ def start(s: ServerSettings, optuna_storage: str | None = None, log_path: Path |
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.job_execution).lower(),
            MLFLOW_BACKEND_ENV: backend}
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(command(s), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "sweep.server", *command(s)], stdin=subprocess.PIPE,
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     server = Server(proc, f"http://{host}:{s.port}", log_path)
     try:
@@ -224,3 +283,7 @@ def _echo_log(path: Path, seen: int) -> int:
     for line in chunk[:end].decode("utf-8", "replace").splitlines():
         log.debug("mlflow server: %s", mask(line))
     return seen + end
+
+
+if __name__ == "__main__":  # the guard of `mlflow server` (see GUARD_GRACE)
+    sys.exit(guard(sys.argv[1:]))

@@ -349,6 +349,63 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("signals", [(signal.SIGKILL,), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["sigkill", "sigint then sigterm at once (a supervisor escalating)"])
+def test_nothing_outlives_sweep_server(tmp_path: Path, signals: tuple[int, ...], backend: str) -> None:
+    """Whatever ends `sweep server`, SIGKILL included, every process it started (mlflow server and
+    its uvicorn) is gone within its guard's grace, and a new `sweep server` serves on the port."""
+    import time
+
+    from sweep.server import GUARD_GRACE
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    drops = []
+    if backend == "postgresql":
+        if not POSTGRES_URL:
+            fail_without_postgres()
+        backend_url, d1 = postgres_database(POSTGRES_URL)
+        optuna_url, d2 = postgres_database(POSTGRES_URL)
+        drops = [d1, d2]
+        (tmp_path / "mlflow.yaml").write_text(
+            f"optuna_storage: '{optuna_url}'\n"
+            f"server: {{port: {port}, backend_store_uri: '{backend_url}', "
+            f"artifacts_destination: '{tmp_path / 'artifacts'}'}}\n")
+    else:
+        _own_server_settings(tmp_path, port)
+    procs, tree = [], {}
+    try:
+        log = tmp_path / "first.log"
+        procs.append(start_cli_server([], tmp_path, log))
+        wait_health(url, procs[0], log)
+        tree = process_tree(procs[0].pid)
+        assert any("mlflow server --host" in c for c in tree.values()) and len(tree) >= 3, tree
+        for signum in signals:
+            os.kill(procs[0].pid, signum)
+        procs[0].wait(60)
+        # the guard stops the group: SIGTERM, SIGKILL after its grace
+        deadline = time.monotonic() + GUARD_GRACE + 20
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {p: c for p, c in tree.items() if _alive(p)} == {}
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/health", timeout=2)
+        log = tmp_path / "second.log"
+        procs.append(start_cli_server([], tmp_path, log))
+        wait_health(url, procs[1], log)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+        for pid in tree:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for drop in drops:
+            drop()
+
+
 def test_restart_on_the_same_port_at_once(tmp_path: Path) -> None:
     """Connections a stopped server had leave the port in TIME_WAIT for a minute; the port check
     must not take that for another server (SO_REUSEADDR, as uvicorn binds)."""

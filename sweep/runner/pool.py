@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from sweep.errors import ConfigError
 from sweep.runner.handover import ENV_STATE, ENV_SUPERVISOR, HANDOVER_EXIT
@@ -82,10 +82,13 @@ def _env(stores: Stores, config: str | Path | None, name: str, threads: int | No
 
 
 def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
-                verbose: bool = False, view: View | None = None, threads: int | None = None) -> int:
+                verbose: bool = False, view: View | None = None, threads: int | None = None,
+                complete: Callable[[], bool] | None = None) -> int:
     """Start `workers` processes of `sweep worker STUDY` and wait for all, each with `threads`
-    TensorFlow threads (default: the cores shared out). Returns an exit code:
-    0 when all finished, else the first failing worker's code (130/143 after Ctrl-C/SIGTERM).
+    TensorFlow threads (default: the cores shared out). Returns an exit code: 0 when all finished,
+    or when `complete()` says the study has all it needs although a worker failed or was killed on
+    the way (the others took its trial over); else the first failing worker's code; 130/143 after
+    Ctrl-C/SIGTERM.
 
     Their stderr comes through this process, a line at a time, so lines from N workers never
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
@@ -100,7 +103,7 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
         slots.append(_Slot(cmd, env, view=view, pipe=True))
     log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(s.proc.pid) for s in slots))
     try:
-        return _supervise(slots)
+        return _supervise(slots, complete)
     finally:
         if view is not None:
             view.close()
@@ -149,7 +152,7 @@ class _Slot:
             os.unlink(self.state)
 
 
-def _supervise(slots: list[_Slot]) -> int:
+def _supervise(slots: list[_Slot], complete: Callable[[], bool] | None = None) -> int:
     codes: dict[int, int] = {}
     try:
         while len(codes) < len(slots):
@@ -172,6 +175,10 @@ def _supervise(slots: list[_Slot]) -> int:
         for slot in slots:
             slot.close()
     bad = [c for c in codes.values() if c != 0]
+    if bad and complete is not None and complete():
+        log.info("the study is complete although %d of %d worker(s) ended with an error or a signal: "
+                 "the others took their trials over", len(bad), len(slots))
+        return 0
     return (128 - bad[0] if bad[0] < 0 else bad[0]) if bad else 0
 
 

@@ -143,6 +143,17 @@ def target(search: SearchConfig, plan: list[Any] | None) -> int:
     return len(plan) * search.repeats if plan is not None else search.n_trials or 0
 
 
+def has_all(study: optuna.Study, cfg: StudyConfig) -> bool:
+    """Whether `study` has everything it needs: none of its trials waiting or running, and as many
+    done for good as its target."""
+    from sweep import search
+
+    trials = study.get_trials(deepcopy=False)
+    if any(state_name(t) in ("WAITING", "RUNNING") for t in trials):
+        return False
+    return len(done(trials)) >= target(cfg.search, search.plan(cfg.search))
+
+
 def budget_used(trials: list[FrozenTrial]) -> int:
     """Places taken in a sampled study's budget: trials done for good, and running ones."""
     from optuna.trial import TrialState
