@@ -257,3 +257,69 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of its own, in a temp dir on a free loopback port (initdb, pg_ctl), that
+    a test may stop and start; never the machine's. Started on creation; `close` removes it."""
+
+    def __init__(self) -> None:
+        import glob
+        import os
+        import pwd
+        import shutil
+        import tempfile
+
+        import pytest
+
+        # on PATH, or where Debian's postgresql packages put them
+        path = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"))])
+        initdb, self.pg_ctl = shutil.which("initdb", path=path), shutil.which("pg_ctl", path=path)
+        if not initdb or not self.pg_ctl:
+            pytest.fail("initdb/pg_ctl are needed for a PostgreSQL of the test's own (Debian: postgresql)",
+                        pytrace=False)
+        self.folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
+        self.as_user: list[str] = []
+        if os.getuid() == 0:  # initdb refuses to run as root
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.folder, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.data = self.folder / "data"
+        self.opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder}"
+        subprocess.run([*self.as_user, initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True, timeout=120)
+        self.start()
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
+                        *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._ctl("-o", self.opts, "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+    def url(self, database: str = "postgres", password: str = "") -> str:
+        auth = f"postgres:{password}" if password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new database on the cluster; its URL."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.url())
+        conn.autocommit = True
+        try:
+            conn.cursor().execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return self.url(name)
+
+    def close(self) -> None:
+        import shutil
+
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)

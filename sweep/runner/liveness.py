@@ -48,7 +48,11 @@ _DB_METHODS = (
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
     "get_trial_user_attrs", "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    # what Optuna's _CachedStorage (which wraps every RDBStorage a study opens) calls instead of
+    # the public ones: unwrapped, `study.get_trials()` died in a 2 s PostgreSQL restart (tests/chaos.py)
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
 )
+_inside = threading.local()  # a retrying call in progress on this thread: the calls it makes do not retry again
 
 
 def is_connection_error(e: BaseException) -> bool:
@@ -66,34 +70,45 @@ def is_connection_error(e: BaseException) -> bool:
 def _retrying(method: Callable[..., T], name: str) -> Callable[..., T]:
     @functools.wraps(method)
     def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> T:
-        deadline = time.monotonic() + self.outage_seconds
-        delay = 0.25
-        warned = False
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - filtered just below
-                if not is_connection_error(e):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise ServiceError(
-                        f"the Optuna storage {mask(self.url)} has been unreachable for "
-                        f"{self.outage_seconds:.0f} s ({_reason(e)}); stopping. Finished trials "
-                        "are saved: run the same command again once the database is back, and "
-                        "unfinished trials are retried."
-                    ) from None
-                if not warned:
-                    log.warning("Optuna storage unreachable (%s); retrying for up to %.0f s",
-                                _reason(e), self.outage_seconds)
-                    warned = True
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if warned:
-                log.warning("Optuna storage reachable again")
-            return result
+        if getattr(_inside, "active", False):  # the outer call retries the whole, within one outage budget
+            return method(self, *args, **kwargs)
+        _inside.active = True
+        try:
+            return _retry(self, method, args, kwargs)
+        finally:
+            _inside.active = False
 
     return call
+
+
+def _retry(self: ResilientRDBStorage, method: Callable[..., T], args: Any, kwargs: Any) -> T:
+    """`method` called until it answers, through connection errors for up to `outage_seconds`."""
+    deadline = time.monotonic() + self.outage_seconds
+    delay = 0.25
+    warned = False
+    while True:
+        try:
+            result = method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - filtered just below
+            if not is_connection_error(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise ServiceError(
+                    f"the Optuna storage {mask(self.url)} has been unreachable for "
+                    f"{self.outage_seconds:.0f} s ({_reason(e)}); stopping. Finished trials "
+                    "are saved: run the same command again once the database is back, and "
+                    "unfinished trials are retried."
+                ) from None
+            if not warned:
+                log.warning("Optuna storage unreachable (%s); retrying for up to %.0f s",
+                            _reason(e), self.outage_seconds)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        if warned:
+            log.warning("Optuna storage reachable again")
+        return result
 
 
 def _reason(e: BaseException) -> str:
