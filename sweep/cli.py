@@ -266,13 +266,16 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     try:
         if p.todo <= 0:
             log.info("study %s is complete; nothing to run", p.cfg.study)
-            return 0
-        # the parent's view of its workers: their trials in one live footer on a terminal
-        code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
-                           threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
+            code = 0
+        else:
+            # the parent's view of its workers: their trials in one live footer on a terminal
+            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
+                               threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
+        if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
+            p.tracker.replay_unfinished(p.study.get_trials(deepcopy=False))
     finally:
         p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
-    if code == 0:
+    if code == 0 and p.todo > 0:
         log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
     return code
 

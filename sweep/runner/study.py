@@ -317,6 +317,8 @@ def _summarize(p: Prepared) -> None:
             front = sorted(t.number for t in p.study.best_trials)
             metrics["pareto_size"] = len(front)
             tags = {"sweep.pareto.trials": ",".join(map(str, front))}
+    if complete:  # a peer that died with the last logging of a finished trial still queued
+        p.tracker.replay_unfinished(trials, older_than=p.tracker.LIVE_BACKLOG_SECONDS)
     if complete and "sweep.best.trial" in tags:
         tags.update(_promote(p))
     if p.study.user_attrs.get(CONFIRMS):

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError
-from sweep.storage import mask, tracking_artifact_location
+from sweep.storage import _first_line, mask, tracking_artifact_location
 from sweep.tracking import model_code
-from sweep.tracking.sender import NoRun, Sender
+from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
 
 if TYPE_CHECKING:
     import keras
@@ -353,6 +353,39 @@ class Tracker:
             self._staging = Path(tempfile.mkdtemp(prefix="sweep-mlflow-"))
             weakref.finalize(self, shutil.rmtree, str(self._staging), True)
         return Path(tempfile.mkdtemp(dir=self._staging))
+
+    # a live worker's queued logging is sent within the sender's capped backoff once MLflow answers
+    LIVE_BACKLOG_SECONDS = 2 * BACKOFF_MAX
+
+    def replay_unfinished(self, trials: Sequence[Any], older_than: float = 0.0) -> list[int]:
+        """Replay from Optuna the finished trials (of `trials`) whose MLflow run still says
+        RUNNING: their worker died after the trial ended in Optuna but before its queued logging
+        reached MLflow (SIGKILL while the server was away; found by tests/chaos.py). Only trials
+        that finished `older_than` seconds ago: a live worker's backlog drains within the sender's
+        capped backoff once the server answers, and must not be sent twice. Returns their numbers;
+        a failure is one warning line (`sweep sync STUDY` does the same by hand)."""
+        import datetime as dt
+
+        from mlflow.entities import ViewType
+
+        now = dt.datetime.now()
+        ended = {t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and t.datetime_complete
+                 and (now - t.datetime_complete).total_seconds() >= older_than}
+        if not ended or self.storage is None:
+            return []
+        try:
+            flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {_filter_value(self.study_name)} "
+                   "and attributes.status = 'RUNNING'")
+            running = self.client.search_runs([self.experiment_id], filter_string=flt,
+                                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+            stuck = sorted(ended & {int(r.data.tags.get("optuna.trial_number", -1)) for r in running})
+            if stuck:
+                self._replay(set(stuck))
+            return stuck
+        except Exception as e:  # noqa: BLE001 - the server is away again: sync replays it later
+            log.warning("MLflow at %s: the runs of finished trials could not be replayed (%s); `sweep sync %s` "
+                        "does it", mask(self.uri), _first_line(e), self.study_name)
+            return []
 
     def _replay(self, trials: set[int] | None) -> Collection[int]:
         from sweep.tracking.sync import sync
