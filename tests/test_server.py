@@ -349,9 +349,9 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("signals", [(signal.SIGKILL,), (signal.SIGINT, signal.SIGTERM)],
-                         ids=["sigkill", "sigint then sigterm at once (a supervisor escalating)"])
+@pytest.mark.parametrize(("signals", "backend"), [((signal.SIGKILL,), "sqlite"),
+                                                  ((signal.SIGINT, signal.SIGTERM), "postgresql")],
+                         ids=["sigkill", "sigint then sigterm at once (a supervisor escalating), postgresql"])
 def test_nothing_outlives_sweep_server(tmp_path: Path, signals: tuple[int, ...], backend: str) -> None:
     """Whatever ends `sweep server`, SIGKILL included, every process it started (mlflow server and
     its uvicorn) is gone within its guard's grace, and a new `sweep server` serves on the port."""

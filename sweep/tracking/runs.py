@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError
+from sweep.record import RUN_ID
 from sweep.storage import _first_line, mask, tracking_artifact_location
 from sweep.tracking import model_code
 from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
@@ -359,8 +360,9 @@ class Tracker:
 
     def replay_unfinished(self, trials: Sequence[Any], older_than: float = 0.0) -> list[int]:
         """Replay from Optuna the finished trials (of `trials`) whose MLflow run still says
-        RUNNING: their worker died after the trial ended in Optuna but before its queued logging
-        reached MLflow (SIGKILL while the server was away; found by tests/chaos.py). Only trials
+        RUNNING, or was never created: their worker died after the trial ended in Optuna but
+        before its queued logging reached MLflow (SIGKILL while the server was away; found by
+        tests/chaos.py). Only trials
         that finished `older_than` seconds ago: a live worker's backlog drains within the sender's
         capped backoff once the server answers, and must not be sent twice. Returns their numbers;
         a failure is one warning line (`sweep sync STUDY` does the same by hand)."""
@@ -378,7 +380,9 @@ class Tracker:
                    "and attributes.status = 'RUNNING'")
             running = self.client.search_runs([self.experiment_id], filter_string=flt,
                                               run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
-            stuck = sorted(ended & {int(r.data.tags.get("optuna.trial_number", -1)) for r in running})
+            # no run id in Optuna: the run's creation was still queued when its worker died
+            unknown = {t.number for t in trials if t.number in ended and not t.user_attrs.get(RUN_ID)}
+            stuck = sorted(unknown | (ended & {int(r.data.tags.get("optuna.trial_number", -1)) for r in running}))
             if stuck:
                 self._replay(set(stuck))
             return stuck
