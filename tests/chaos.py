@@ -42,7 +42,8 @@ from typing import Any, Callable
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-from helpers import PostgresCluster, descendants, free_port, study_dict, write_study, write_tiny_npz  # noqa: E402
+from helpers import (PostgresCluster, descendants, free_port, study_dict, wait_health, write_study,  # noqa: E402
+                     write_tiny_npz)
 
 FAULTS = ("kill_worker", "term_worker", "pg_blip", "pg_outage", "server_kill", "server_int_term", "ctrl_c_run")
 ACTIVATIONS = ("relu", "elu", "tanh")
@@ -110,7 +111,7 @@ class Chaos:
                 raise AssertionError(f"port {self.port} still taken 60 s after the old sweep server ended")
             time.sleep(0.5)
         self.server = self._start("sweep server", "server")
-        _wait_health(self.tracking, self.server)
+        wait_health(self.tracking, self.server, self.folder / "processes.log")
 
     def start_run(self) -> None:
         self.runs.append(self._start("sweep run", "run", str(self.study_file), "--workers", str(self.workers)))
@@ -335,22 +336,6 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"sweep server exited {proc.returncode} while starting")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"sweep server gave no /health within {timeout} s")
 
 
 def main() -> None:
