@@ -305,6 +305,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _gone_within(tree: dict[int, str], seconds: float) -> dict[int, str]:
+    """The processes of `tree` still alive after waiting up to `seconds` for them to exit."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {p: c for p, c in tree.items() if _alive(p)}
+
+
+def _clean_up(procs: list[subprocess.Popen], tree: dict[int, str]) -> None:
+    """Stop the `sweep server`s a test started and anything of `tree` left, whatever failed."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for pid in tree:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize(("signum", "ignore_sigint"), [
     (signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
     ids=["ctrl-c", "ctrl-c, started with SIGINT ignored (nohup, cmd &)", "sigterm (compose, kubernetes)"])
@@ -336,17 +361,9 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
             requests.get(url + "/health", timeout=2)
         assert "stopping the MLflow server" in log.read_text()
         # nothing it started is left behind (its children may take a moment to exit)
-        deadline = time.monotonic() + 30
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert {p: c for p, c in tree.items() if _alive(p)} == {}
+        assert _gone_within(tree, 30) == {}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(60)
-        for pid in tree:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _clean_up([proc], tree)
 
 
 @pytest.mark.parametrize(("signals", "backend"), [((signal.SIGKILL,), "sqlite"),
@@ -355,8 +372,6 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
 def test_nothing_outlives_sweep_server(tmp_path: Path, signals: tuple[int, ...], backend: str) -> None:
     """Whatever ends `sweep server`, SIGKILL included, every process it started (mlflow server and
     its uvicorn) is gone within its guard's grace, and a new `sweep server` serves on the port."""
-    import time
-
     from sweep.server import GUARD_GRACE
 
     port = free_port()
@@ -385,23 +400,14 @@ def test_nothing_outlives_sweep_server(tmp_path: Path, signals: tuple[int, ...],
             os.kill(procs[0].pid, signum)
         procs[0].wait(60)
         # the guard stops the group: SIGTERM, SIGKILL after its grace
-        deadline = time.monotonic() + GUARD_GRACE + 20
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert {p: c for p, c in tree.items() if _alive(p)} == {}
+        assert _gone_within(tree, GUARD_GRACE + 20) == {}
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=2)
         log = tmp_path / "second.log"
         procs.append(start_cli_server([], tmp_path, log))
         wait_health(url, procs[1], log)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(60)
-        for pid in tree:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _clean_up(procs, tree)
         for drop in drops:
             drop()
 
