@@ -254,7 +254,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
               workers: int, config: Optional[str], verbose: bool, threads: Optional[int]) -> int:
     from sweep.errors import ConfigError
     from sweep.runner.pool import check_parallel_storage, run_workers
-    from sweep.runner.study import prepare, view
+    from sweep.runner.study import prepare, summarize, view
     from sweep.storage import resolve, settings
 
     if n_trials is not None:
@@ -272,7 +272,8 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
                                threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
-            p.tracker.replay_unfinished(p.study.get_trials(deepcopy=False))
+            if p.tracker.replay_unfinished(p.study.get_trials(deepcopy=False)):
+                summarize(p)  # a model a dead worker left may be the best: promoted now
     finally:
         p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
     if code == 0 and p.todo > 0:
@@ -577,7 +578,8 @@ def sync(
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Replay a study from Optuna into MLflow: runs, params, every epoch's metrics, final metrics, state."""
+    """Replay a study from Optuna into MLflow: runs, params, every epoch's metrics, final metrics, state,
+    and the models dead workers left waiting on this machine."""
     _setup_logging(verbose)
     with _guard():
         from sweep.tracking.sync import sync as sync_study
@@ -585,7 +587,8 @@ def sync(
         c = sync_study(study, storage=storage, tracking_uri=tracking_uri, config=config)
     typer.echo(f"synced {c['trials']} finished trial(s) of {study}: {c['runs_created']} run(s) created, "
                f"{c['metrics_logged']} metric value(s), {c['params_logged']} param(s) and {c['tags_set']} tag(s) "
-               f"logged, {c['runs_ended']} run(s) ended; {c['running']} running trial(s) left to their worker")
+               f"logged, {c['runs_ended']} run(s) ended, {c['models_logged']} model(s) uploaded that dead workers "
+               f"left; {c['running']} running trial(s) left to their worker")
 
 
 def main() -> None:

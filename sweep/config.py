@@ -753,7 +753,9 @@ class WorkerSettings(Strict):
     # seconds without a heartbeat before a trial counts as dead, is marked FAIL and queued again
     grace_period: int = Field(60, ge=2)
     max_retry: int = Field(2, ge=0)  # how often one trial is queued again after its worker died
-    storage_outage: float = Field(120.0, gt=0)  # seconds a worker waits for the database to return
+    # seconds a worker waits for the database to return, and at its start for the MLflow server of
+    # a study it tracked before
+    storage_outage: float = Field(120.0, gt=0)
     # a trial process hands over to a fresh one (sweep/runner/handover.py) after this many trials,
     # or once it grew this many MB past its size after its first trial; null: never. Chosen from
     # benchmarks/README.md ("Memory over a long study"): TensorFlow keeps ~14 MB per model

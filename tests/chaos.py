@@ -321,7 +321,7 @@ def check(optuna_url: str, tracking: str, target: int, epochs: int, env: dict[st
     r = subprocess.run([sys.executable, "-m", "sweep", "sync", STUDY], env=env, capture_output=True, text=True,
                        timeout=300)
     if r.returncode != 0 or " 0 run(s) created, 0 metric value(s), 0 param(s)" not in r.stdout \
-            or " 0 run(s) ended" not in r.stdout:
+            or " 0 run(s) ended, 0 model(s) uploaded" not in r.stdout:
         problems.append(f"sweep sync had something left to replay: {r.stdout.strip() or r.stderr.strip()[-500:]}")
     return problems
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from helpers import fail_without_postgres, postgres_database, write_tiny_npz
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the models that killed workers leave waiting for MLflow (sweep/tracking/outbox.py) go to a folder
+# of this run's, not the user's cache; every process the tests start inherits it
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sweep-tests-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"

@@ -533,7 +533,8 @@ def test_a_trial_whose_worker_died_with_its_logging_queued_is_replayed_when_the_
     """The MLflow server goes away mid-trial; the trial completes in Optuna with its last epochs'
     metrics and its end still queued, and its `sweep run` is SIGKILLed while it waits for the
     server. Once the server is back, `sweep run --workers 2` of the complete study replays that
-    trial: its run FINISHED with every epoch's metrics, and `sweep sync` finds nothing left."""
+    trial: its run FINISHED with every epoch's metrics and the model the dead process left waiting
+    on disk, which is registered as @best; `sweep sync` finds nothing left."""
     from sweep.config import ServerSettings
     from sweep.server import start
 
@@ -561,13 +562,58 @@ def test_a_trial_whose_worker_died_with_its_logging_queued_is_replayed_when_the_
         run = client.get_run(trial.user_attrs[obj.RUN_ID])
         assert run.info.status == "FINISHED", out
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")) == list(range(6))
+        # the model: uploaded from where its killed worker left it, linked to the last epoch, @best
+        uri = run.data.tags["sweep.model_uri"]
+        assert client.get_logged_model(uri.removeprefix("models:/")).metrics, out
+        best = client.get_model_version_by_alias("queued", "best")
+        assert best.tags["sweep.trial"] == str(trial.number) and best.source == uri
         synced = _sweep(["sync", "queued"], env, tmp_path)
         said = _finish(synced)
-        assert synced.returncode == 0 and ": 0 run(s) created, 0 metric value(s)" in said and " 0 run(s) ended" in said, said
+        assert synced.returncode == 0 and ": 0 run(s) created, 0 metric value(s)" in said \
+            and " 0 run(s) ended, 0 model(s) uploaded" in said, said
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         server.stop()
+
+
+def test_a_worker_on_a_tracked_study_waits_for_the_mlflow_server_and_a_new_study_does_not(
+        tmp_path: Path, tiny_npz: Path, optuna_pg: str) -> None:
+    """A resumed, handed-over or joining worker meets the MLflow server restarting: it waits for it
+    (up to workers.storage_outage) and goes on, where it exited 3 at once (tests/chaos.py). A study
+    MLflow never saw still fails fast, with one line: the address is likely wrong."""
+    from sweep.config import ServerSettings
+    from sweep.server import start
+
+    s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       artifacts_destination=str(tmp_path / "artifacts"))
+    server = start(s, log_path=tmp_path / "server1.log")
+    env = _env(optuna_pg, server.url, _settings(tmp_path))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "tracked", ["relu"], epochs=1))
+    first = _sweep(["run", str(path)], env, tmp_path)
+    out = _finish(first)
+    assert first.returncode == 0, out
+    server.stop()
+    again = _sweep(["run", str(path)], env, tmp_path)
+    try:
+        assert again.stdout is not None
+        said = _wait_for("the wait for the server", lambda: [line for line in [again.stdout.readline()]
+                                                              if "waiting up to 60 s" in line], again)
+        assert "cannot reach the MLflow tracking server" in said[0], said
+        server = start(s, log_path=tmp_path / "server2.log")
+        out = _finish(again)
+        assert again.returncode == 0 and "is complete (1 trials); nothing to run" in out, out
+    finally:
+        if again.poll() is None:
+            again.kill()
+        server.stop()
+    t0 = time.monotonic()
+    other = write_study(tmp_path, _plan_study(tiny_npz, "never-tracked", ["relu"], epochs=1), name="new.yaml")
+    new = subprocess.run([sys.executable, "-m", "sweep", "run", str(other)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert new.returncode == 3 and "cannot reach the MLflow tracking server" in new.stderr, new.stderr
+    assert "waiting" not in new.stderr and time.monotonic() - t0 < 50
+    assert not _leaks(new.stderr + out)
 
 
 def test_every_database_call_optunas_cache_makes_is_retried() -> None:

@@ -134,7 +134,8 @@ def make_objective(
         logged = run_params(cfg, data, params, seed)
         trial.set_user_attr(MLFLOW_PARAMS, logged)
         name = run_label(params)
-        run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets)
+        run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets,
+                                  started=trial.datetime_start)
         if run.run_id is not None:
             trial.set_user_attr(RUN_ID, run.run_id)
         try:

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -202,9 +203,9 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
 
     cfg = _config_for(study, stores)
     check_separate(stores)
-    check_tracking(stores.tracking)
     on_stale = StaleTrialCallback(ws.max_retry)
     rdb = open_storage(stores.optuna, ws, on_stale)
+    _await_tracking(stores, cfg.study, rdb, ws.storage_outage)
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study):
         opt_study, changed, cfg = _open(cfg, stores, rdb)
@@ -232,6 +233,33 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
             assert cfg.search.n_trials is not None
             todo = cfg.search.n_trials - worker.budget_used(opt_study.get_trials(deepcopy=False))
     return Prepared(cfg, stores, opt_study, rdb, tracker, parent, configs, todo, ws)
+
+
+def _await_tracking(stores: Stores, study: str, rdb: optuna.storages.BaseStorage, outage: float) -> None:
+    """Fail fast when MLflow is unreachable for a study it never tracked (a wrong address is the
+    likely cause); for one it tracked before (a hand-over's fresh process, a joining worker, a
+    resume: the server is restarting) wait for it as a worker waits for the database, up to
+    `workers.storage_outage` seconds (found by tests/chaos.py: those exited 3 at once)."""
+    from sweep.errors import ServiceError
+
+    deadline = None
+    while True:
+        try:
+            check_tracking(stores.tracking)
+            return
+        except ServiceError as e:
+            if deadline is None:
+                try:
+                    tracked = rdb.get_study_user_attrs(rdb.get_study_id_from_name(study)).get(PARENT_ATTR)
+                except KeyError:  # no such study yet
+                    tracked = None
+                if not tracked:
+                    raise
+                log.warning("%s; waiting up to %g s for it (workers.storage_outage)", e, outage)
+                deadline = time.monotonic() + outage
+            elif time.monotonic() > deadline:
+                raise ServiceError(f"{e} (waited {outage:g} s: workers.storage_outage)") from None
+            time.sleep(2)
 
 
 def run(
@@ -269,7 +297,7 @@ def run(
     finally:
         p.tracker.flush(timeout=30)
         if worked:  # not on Ctrl-C or an outage: the study is not done, and the run stays RUNNING
-            _summarize(p)
+            summarize(p)
         # give the pooled connections back (the study still works: it reconnects on demand);
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()
@@ -288,7 +316,7 @@ def _quiet(logger: str) -> Iterator[None]:
         target.setLevel(old)
 
 
-def _summarize(p: Prepared) -> None:
+def summarize(p: Prepared) -> None:
     """The study so far on its MLflow parent run: trials by state, the best value and params (or
     the Pareto front's size), FINISHED when nothing is left to run. Every worker writes it as it
     stops; the last one sees the study complete."""

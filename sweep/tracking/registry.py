@@ -112,6 +112,7 @@ def promote_best(study: Any, search: SearchConfig, client: MlflowClient, trial: 
 
     from sweep import ranking
     from sweep.record import CONFIRMED_BY, MODEL_URI, RUN_ID
+    from sweep.tracking.runs import MODEL_URI_TAG
 
     name = study.study_name
     extra: dict[str, str] = {}
@@ -143,7 +144,7 @@ def promote_best(study: Any, search: SearchConfig, client: MlflowClient, trial: 
     uri = t.user_attrs.get(MODEL_URI)
     if not uri and run_id:
         # the upload outlasted the trial's wait: the run's tag has the URI
-        uri = client.get_run(run_id).data.tags.get("sweep.model_uri")
+        uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
     if not uri:
         raise SweepError(f"trial {t.number} of study {name!r} has no logged model to register")
     version, changed = promote(client, name, t, uri, metrics, run_id, extra)

@@ -12,6 +12,7 @@ Optuna (sweep/tracking/sync.py).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 from sweep.errors import ServiceError
 from sweep.record import RUN_ID
 from sweep.storage import _first_line, mask, tracking_artifact_location
-from sweep.tracking import model_code
+from sweep.tracking import model_code, outbox
 from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "sweep.role"
+MODEL_URI_TAG = "sweep.model_uri"  # on a trial's run: its logged model, once uploaded
 # MLflow 3 marks an experiment of training runs with this kind; its UI (3.17) still takes the page
 # an experiment opens on from its own GenAI / Model training switch (in the browser's storage,
 # GenAI by default) unless the address says `workflowType`: see `experiment_url`
@@ -294,13 +296,14 @@ class Tracker:
         return self._datasets
 
     def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str,
-                    datasets: Sequence[DatasetInput] = ()) -> TrialRun:
+                    datasets: Sequence[DatasetInput] = (), started: datetime.datetime | None = None) -> TrialRun:
         """A child run named `trial-N-<label>` with every param and `datasets` (from
-        `Tracker.datasets`) as its inputs, created in the background.
+        `Tracker.datasets`) as its inputs, created in the background. `started`: the Optuna
+        trial's start, which names its model waiting on disk (sweep/tracking/outbox.py).
 
         Returns at once while MLflow is unreachable; `TrialRun.run_id` is None until it exists.
         """
-        run = TrialRun(self, trial_number)
+        run = TrialRun(self, trial_number, started)
         try:
             from mlflow.entities import Param
 
@@ -360,9 +363,9 @@ class Tracker:
 
     def replay_unfinished(self, trials: Sequence[Any], older_than: float = 0.0) -> list[int]:
         """Replay from Optuna the finished trials (of `trials`) whose MLflow run still says
-        RUNNING, or was never created: their worker died after the trial ended in Optuna but
-        before its queued logging reached MLflow (SIGKILL while the server was away; found by
-        tests/chaos.py). Only trials
+        RUNNING, or was never created, or whose model its worker left waiting: their worker died
+        after the trial ended in Optuna but before its queued logging reached MLflow (SIGKILL while
+        the server was away; found by tests/chaos.py). Only trials
         that finished `older_than` seconds ago: a live worker's backlog drains within the sender's
         capped backoff once the server answers, and must not be sent twice. Returns their numbers;
         a failure is one warning line (`sweep sync STUDY` does the same by hand)."""
@@ -370,10 +373,16 @@ class Tracker:
 
         from mlflow.entities import ViewType
 
+        if self.storage is None:
+            return []
         now = dt.datetime.now()
-        ended = {t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and t.datetime_complete
-                 and (now - t.datetime_complete).total_seconds() >= older_than}
-        if not ended or self.storage is None:
+        finished = {t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
+        # a model waiting on disk whose writer is gone (sweep/tracking/outbox.py): that trial's
+        # worker is dead, whatever its age, and nothing of it is being sent
+        orphaned = finished & set(outbox.waiting(self.storage, self.study_name))
+        ended = orphaned | {t.number for t in trials if t.number in finished and t.datetime_complete
+                            and (now - t.datetime_complete).total_seconds() >= older_than}
+        if not ended:
             return []
         try:
             flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {_filter_value(self.study_name)} "
@@ -382,7 +391,8 @@ class Tracker:
                                               run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
             # no run id in Optuna: the run's creation was still queued when its worker died
             unknown = {t.number for t in trials if t.number in ended and not t.user_attrs.get(RUN_ID)}
-            stuck = sorted(unknown | (ended & {int(r.data.tags.get("optuna.trial_number", -1)) for r in running}))
+            stuck = sorted(unknown | orphaned | (ended & {int(r.data.tags.get("optuna.trial_number", -1))
+                                                          for r in running}))
             if stuck:
                 self._replay(set(stuck))
             return stuck
@@ -453,14 +463,34 @@ class _SavedKeras:
         mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
+def log_saved_model(tracker: Tracker, rid: str, saved: Path, step: int, logged: dict[str, str]) -> str:
+    """Log the model saved at `saved` as run `rid`'s model, linked to its metrics at `step`, and tag
+    the run with its URI; `logged` keeps the LoggedModel made on a first try, so one model is logged
+    once however often this is retried. For a live trial (`TrialRun`) and a replay (sync)."""
+    from mlflow.models import Model
+
+    # created through the client so it lands in this study's experiment, not the fluent API's
+    # current one
+    if "id" not in logged:
+        logged["id"] = tracker.client.create_logged_model(
+            tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
+    # `step`: MLflow links the run's metrics at this step to the model (default 0: epoch 1's)
+    info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
+                     model_id=logged["id"], step=step)
+    tracker.client.set_tag(rid, MODEL_URI_TAG, info.model_uri)
+    logged["uri"] = info.model_uri
+    return info.model_uri
+
+
 class TrialRun:
     """The child run of one trial. Nothing here waits on MLflow while it is unreachable or raises."""
 
-    def __init__(self, tracker: Tracker, trial_number: int) -> None:
+    def __init__(self, tracker: Tracker, trial_number: int, started: datetime.datetime | None = None) -> None:
         self.tracker = tracker
         self.client = tracker.client
         self.run_id: str | None = None  # set by the sender once the run exists
         self.trial_number = trial_number
+        self.started = started
 
     def _send(self, call: Callable[[str], None], what: str, final: bool = False) -> Any:
         def op() -> None:
@@ -530,13 +560,13 @@ class TrialRun:
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow: cannot log the results of trial %d: %s", self.trial_number, e)
         try:
-            saved = self._save_model(model)
+            saved, entry = self._save_model(model, last)
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow: cannot save the model of trial %d: %s", self.trial_number, e)
             return None
-        return self._upload_model(saved, last)
+        return self._upload_model(saved, last, entry)
 
-    def _save_model(self, model: keras.Model) -> Path:
+    def _save_model(self, model: keras.Model, step: int) -> tuple[Path, outbox.Entry | None]:
         import importlib
 
         import keras
@@ -545,31 +575,33 @@ class TrialRun:
         # saved here, on the training thread, so the sender only copies files; explicit
         # requirements: inferring them costs ~5 s per model. The backend the model ran on is
         # the one to load it with (TensorFlow on a CPU; JAX where a GPU machine has no TensorFlow).
+        # With the study's storage known, into the outbox, which outlives this process
         backend = keras.backend.backend()
         engine = importlib.import_module(backend)
-        path = self.tracker.stage() / "model"
-        mlflow.keras.save_model(model, str(path), signature=_signature(model),
-                                pip_requirements=[f"{backend}=={engine.__version__}", f"keras=={keras.__version__}"])
-        model_code.add(model, path)  # a custom activation's source travels with the model
-        return path
+        entry = None
+        if self.tracker.storage is not None:
+            entry = outbox.create(self.tracker.storage, self.tracker.study_name, self.trial_number, step, self.started)
+        path = entry.model if entry is not None else self.tracker.stage() / "model"
+        try:
+            mlflow.keras.save_model(model, str(path), signature=_signature(model),
+                                    pip_requirements=[f"{backend}=={engine.__version__}",
+                                                      f"keras=={keras.__version__}"])
+            model_code.add(model, path)  # a custom activation's source travels with the model
+        except BaseException:
+            if entry is not None:
+                entry.sent()  # nothing worth keeping
+            raise
+        return path, entry
 
-    def _upload_model(self, saved: Path, step: int) -> str | None:
-        from mlflow.models import Model
-
+    def _upload_model(self, saved: Path, step: int, entry: outbox.Entry | None) -> str | None:
         logged: dict[str, str] = {}
 
         def upload(rid: str) -> None:
-            # Created through the client so it lands in this study's experiment, not the fluent
-            # API's current one; kept across retries so one model is logged once
-            if "id" not in logged:
-                logged["id"] = self.client.create_logged_model(
-                    self.tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
-            # `step`: MLflow links the run's metrics at this step to the model (default 0: epoch 1's)
-            info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
-                             model_id=logged["id"], step=step)
-            self.client.set_tag(rid, "sweep.model_uri", info.model_uri)
-            logged["uri"] = info.model_uri
-            shutil.rmtree(saved.parent, ignore_errors=True)
+            log_saved_model(self.tracker, rid, saved, step, logged)
+            if entry is not None:
+                entry.sent()
+            else:
+                shutil.rmtree(saved.parent, ignore_errors=True)
 
         op = self._send(upload, "the model")
         if not self.tracker.sender.wait(op, MODEL_WAIT):

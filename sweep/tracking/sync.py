@@ -4,7 +4,9 @@ Optuna is the source of truth; MLflow is a replica this rebuilds. For every fini
 (COMPLETE, PRUNED, FAIL) the child run is found (its `mlflow_run_id`, else its tags) or created,
 then given what it lacks: params, every epoch's metrics at their step, the final metrics, the
 state tags, the dataset inputs and the terminal status. Only what is missing is written, so a
-second sync writes nothing. RUNNING trials are left to their worker. Models are not replayed.
+second sync writes nothing. RUNNING trials are left to their worker. Optuna holds no weights: a
+model is replayed only where its dead worker left it waiting on this machine
+(sweep/tracking/outbox.py), and only for a trial whose model `tracking.keep_models` keeps.
 
 Optuna does not hold the arrays: a run without dataset inputs gets them made again from the
 stored config's dataset (loaded once, only when some run lacks them), so their digest is that of
@@ -44,7 +46,8 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
     config's dataset.
 
     Returns counts: trials synced, runs_created, params_logged, metrics_logged, tags_set,
-    datasets_logged, runs_ended, running (left alone), and `synced`, the trial numbers made complete."""
+    datasets_logged, models_logged, runs_ended, running (left alone), and `synced`, the trial
+    numbers made complete."""
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     opt = load_study(study, stores.optuna)
     stored = stored_config(opt)
@@ -55,7 +58,7 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
     parent = tracker.parent_run(known, cfg)
     if parent != known:
         opt.set_user_attr(PARENT_ATTR, parent)
-    replica = _Replica(tracker, parent, stored.dataset, datasets)
+    replica = _Replica(tracker, parent, stored.dataset, datasets, stores.optuna)
     try:
         replica.sync(opt, trials)
     except SweepError:
@@ -92,14 +95,16 @@ class _Replica:
     """MLflow as it should be for one study, written where it is not."""
 
     def __init__(self, tracker: Tracker, parent: str, dataset: DatasetConfig,
-                 datasets: Sequence[DatasetInput] | None) -> None:
+                 datasets: Sequence[DatasetInput] | None, storage: str) -> None:
         self.tracker = tracker
+        self.storage = storage
+        self.kept: set[int] = set()
         self.client = tracker.client
         self.parent = parent
         self.dataset = dataset
         self.datasets = None if datasets is None else list(datasets)
         self.counts: dict[str, Any] = {"trials": 0, "runs_created": 0, "params_logged": 0, "metrics_logged": 0,
-                                       "tags_set": 0, "datasets_logged": 0, "runs_ended": 0, "running": 0,
+                                       "tags_set": 0, "datasets_logged": 0, "models_logged": 0, "runs_ended": 0, "running": 0,
                                        "synced": []}
 
     def _datasets(self) -> list[DatasetInput]:
@@ -118,10 +123,15 @@ class _Replica:
     def sync(self, study: optuna.Study, only: Collection[int] | None) -> None:
         from optuna.trial import TrialState
 
+        from sweep.tracking.models import kept
+
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        self.metrics = stored_config(study).search.metrics  # what trial.values hold, in order
+        stored = stored_config(study)
+        self.metrics = stored.search.metrics  # what trial.values hold, in order
+        every = study.get_trials(deepcopy=False)
+        self.kept = kept(study, every, stored.tracking.keep_models, stored.search)
         todo = []
-        for t in study.get_trials(deepcopy=False):
+        for t in every:
             if only is not None and t.number not in only:
                 continue
             if t.state not in finished:
@@ -248,10 +258,40 @@ class _Replica:
         self.counts["tags_set"] += len(tags)
         self.counts["metrics_logged"] += len(metrics)
 
+        if t.state.name == "COMPLETE":
+            self._model(t, rid, data.tags)
         status = RUN_STATUS[state]
         if run.info.status != status:
             self.client.set_terminated(rid, status, end_time=end)
             self.counts["runs_ended"] += 1
+
+
+    def _model(self, t: optuna.trial.FrozenTrial, rid: str, tags: dict[str, str]) -> None:
+        """Upload the model a dead worker left waiting for trial `t` (sweep/tracking/outbox.py),
+        unless its run has one already or `tracking.keep_models` does not keep it."""
+        from sweep.tracking import outbox
+        from sweep.tracking.models import DELETED_TAG
+        from sweep.tracking.runs import MODEL_URI_TAG, log_saved_model
+
+        entry = outbox.claim(self.storage, self.tracker.study_name, t.number)
+        if entry is None:
+            return
+        try:
+            if not outbox.matches(entry, t.datetime_start):
+                log.warning("sync: the model waiting at %s is not trial %d's (a study of the same name made "
+                            "before this one); removed", entry.path, t.number)
+            elif tags.get(MODEL_URI_TAG) or tags.get(DELETED_TAG):
+                pass  # its upload went through after all
+            elif t.number not in self.kept:
+                self.client.set_tag(rid, DELETED_TAG, "never uploaded (its worker died first); not kept "
+                                                      "(tracking.keep_models)")
+            else:
+                log_saved_model(self.tracker, rid, entry.model, int(entry.meta.get("step", 0)), {})
+                self.counts["models_logged"] += 1
+                log.info("sync: uploaded the model of trial %d that its worker left waiting", t.number)
+            entry.sent()
+        finally:
+            entry.release()
 
 
 def _is_number(v: Any) -> bool:
