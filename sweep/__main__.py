@@ -1,3 +1,9 @@
-from sweep.cli import main
+try:
+    from sweep.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python is still importing: one line, not a traceback
+    import sys
+
+    sys.stderr.write("interrupted while starting; nothing was run\n")
+    sys.exit(130)
 
 main()

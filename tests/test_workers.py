@@ -644,6 +644,23 @@ def own_postgres() -> Iterator[dict[str, Any]]:
         cluster.close()
 
 
+def test_an_error_inside_the_study_lock_is_what_is_raised_when_the_database_went_away(
+        own_postgres: dict[str, Any]) -> None:
+    """The set-up under the study lock fails because a store went away; unlocking on a connection
+    the database dropped must not replace that error with its own (tests/chaos.py: a traceback
+    and exit 1 where the one line of the ServiceError was due)."""
+    from sweep.errors import ServiceError
+    from sweep.storage import study_lock
+
+    with pytest.raises(ServiceError, match="the reason"):
+        with study_lock(own_postgres["url"], "locked"):
+            own_postgres["stop"]()
+            raise ServiceError("the reason")
+    own_postgres["start"]()
+    with study_lock(own_postgres["url"], "locked"):  # the lock went with its session
+        pass
+
+
 def test_database_restart_mid_trial_is_ridden_out(tmp_path: Path, tiny_npz: Path, own_postgres: dict[str, Any],
                                                   mlflow_server: str) -> None:
     storage = own_postgres["url"]

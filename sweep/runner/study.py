@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from sweep import config as config_mod
 from sweep import data as data_mod
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sweep.runner.liveness import ResilientRDBStorage, StaleTrialCallback
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # config fields a resumed study may change: they extend the budget, not what a trial means.
 # More repeats add the missing (configuration, repeat) pairs with seeds seed + repeat, the same
@@ -205,14 +206,19 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     check_separate(stores)
     on_stale = StaleTrialCallback(ws.max_retry)
     rdb = open_storage(stores.optuna, ws, on_stale)
-    _await_tracking(stores, cfg.study, rdb, ws.storage_outage)
+    _await_tracking(lambda: check_tracking(stores.tracking), lambda: _tracked(rdb, cfg.study), ws.storage_outage)
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study):
         opt_study, changed, cfg = _open(cfg, stores, rdb)
-        tracker = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
-        on_stale.tracker = tracker
         new = cfg.model_dump(mode="json")
-        parent = tracker.parent_run(opt_study.user_attrs.get(PARENT_ATTR), new)
+        known = opt_study.user_attrs.get(PARENT_ATTR)
+
+        def track() -> tuple[Tracker, str]:  # the server may go again between the check and here
+            t = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
+            return t, t.parent_run(known, new)
+
+        tracker, parent = _await_tracking(track, lambda: bool(known), ws.storage_outage)
+        on_stale.tracker = tracker
         if changed:
             tracker.config_changed(parent, new, changed)
         # stored after MLflow took the change: should that fail, the next run sees it again
@@ -235,31 +241,35 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     return Prepared(cfg, stores, opt_study, rdb, tracker, parent, configs, todo, ws)
 
 
-def _await_tracking(stores: Stores, study: str, rdb: optuna.storages.BaseStorage, outage: float) -> None:
-    """Fail fast when MLflow is unreachable for a study it never tracked (a wrong address is the
-    likely cause); for one it tracked before (a hand-over's fresh process, a joining worker, a
-    resume: the server is restarting) wait for it as a worker waits for the database, up to
-    `workers.storage_outage` seconds (found by tests/chaos.py: those exited 3 at once)."""
+def _await_tracking(what: Callable[[], T], tracked: Callable[[], bool], outage: float) -> T:
+    """`what()`, which calls MLflow. Fail fast when MLflow is unreachable for a study it never
+    tracked (a wrong address is the likely cause); for one it tracked before (a hand-over's fresh
+    process, a joining worker, a resume: the server is restarting) wait for it as a worker waits
+    for the database, up to `workers.storage_outage` seconds (found by tests/chaos.py: those
+    exited 3 at once)."""
     from sweep.errors import ServiceError
 
     deadline = None
     while True:
         try:
-            check_tracking(stores.tracking)
-            return
+            return what()
         except ServiceError as e:
             if deadline is None:
-                try:
-                    tracked = rdb.get_study_user_attrs(rdb.get_study_id_from_name(study)).get(PARENT_ATTR)
-                except KeyError:  # no such study yet
-                    tracked = None
-                if not tracked:
+                if not tracked():
                     raise
                 log.warning("%s; waiting up to %g s for it (workers.storage_outage)", e, outage)
                 deadline = time.monotonic() + outage
             elif time.monotonic() > deadline:
                 raise ServiceError(f"{e} (waited {outage:g} s: workers.storage_outage)") from None
             time.sleep(2)
+
+
+def _tracked(rdb: optuna.storages.BaseStorage, study: str) -> bool:
+    """Whether `study` exists and has its MLflow parent run."""
+    try:
+        return bool(rdb.get_study_user_attrs(rdb.get_study_id_from_name(study)).get(PARENT_ATTR))
+    except KeyError:  # no such study yet
+        return False
 
 
 def run(
