@@ -219,8 +219,11 @@ def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.s
 
     try:
         return (cls or optuna.storages.RDBStorage)(url, engine_kwargs=_engine_kwargs(url), **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = _first_line(e)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
+        # Optuna wraps a connection the database dropped mid-check (its schema check's commit) in
+        # StorageInternalError, whose own message blames the data (tests/chaos.py: a traceback)
+        reason = _first_line(e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__
+                             else e)
         raise ServiceError(
             f"cannot open the Optuna storage {mask(url)}: {mask(reason)}. Check that the database "
             "server is running and the URL (user, password, host, port, database) is right."

@@ -213,8 +213,9 @@ class Chaos:
 
 
 def run(folder: Path, seed: int, minutes: float, workers: int, repeats: int, epochs: int,
-        finish_timeout: float = 900, say: Callable[[str], None] = print) -> list[str]:
-    """One chaos run; returns the problems `check` found (none: the history is whole)."""
+        finish_timeout: float = 900, say: Callable[[str], None] = print) -> tuple[list[str], dict[str, int]]:
+    """One chaos run; returns the problems `check` found (none: the history is whole) and how
+    often each kind of fault struck."""
     rng = random.Random(seed + 1)  # what each fault picks; the schedule has its own
     plan = schedule(seed, minutes)
     say(f"chaos seed {seed}: {len(plan)} faults in {minutes:g} min: " + ", ".join(f"{t:g}s {k}" for t, k in plan))
@@ -251,7 +252,7 @@ def run(folder: Path, seed: int, minutes: float, workers: int, repeats: int, epo
         problems = check(chaos.optuna_url, chaos.tracking, chaos.target, chaos.epochs, chaos.env)
         if chaos.runs[-1].returncode != 0:
             problems.append(f"the last sweep run exited {chaos.runs[-1].returncode}, not 0, on a complete study")
-        return problems
+        return problems, counts
     finally:
         chaos.close()
 
@@ -351,7 +352,7 @@ def main() -> None:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        problems = run(folder, args.seed, args.minutes, args.workers, args.repeats, args.epochs,
+        problems, _ = run(folder, args.seed, args.minutes, args.workers, args.repeats, args.epochs,
                        say=lambda line: print(line, flush=True))
         print(f"chaos seed {args.seed}: {'history whole' if not problems else f'{len(problems)} problem(s)'} "
               f"in {time.monotonic() - t0:.0f} s (processes' output: {folder / 'processes.log'})")
