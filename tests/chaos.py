@@ -250,11 +250,25 @@ def run(folder: Path, seed: int, minutes: float, workers: int, repeats: int, epo
         chaos.reap()
         say(f"{time.monotonic() - t0:6.1f}s done; faults {counts}; exit codes {chaos.codes}")
         problems = check(chaos.optuna_url, chaos.tracking, chaos.target, chaos.epochs, chaos.env)
+        say(f"trials: {tally(chaos.optuna_url)}")
         if chaos.runs[-1].returncode != 0:
             problems.append(f"the last sweep run exited {chaos.runs[-1].returncode}, not 0, on a complete study")
         return problems, counts
     finally:
         chaos.close()
+
+
+def tally(optuna_url: str) -> str:
+    """The study's trials by outcome: what the faults cost."""
+    import optuna
+
+    trials = optuna.load_study(study_name=STUDY, storage=optuna_url).get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    fail = [t for t in trials if t.state.name == "FAIL"]
+    return (f"{sum(t.state.name == 'COMPLETE' for t in trials)} COMPLETE, {len(fail)} FAIL "
+            f"({sum(t.number in retried for t in fail)} of a killed worker, retried; "
+            f"{sum(bool(t.user_attrs.get('interrupted')) for t in fail)} interrupted by a stop, run again), "
+            f"{len(trials)} in all")
 
 
 def check(optuna_url: str, tracking: str, target: int, epochs: int, env: dict[str, str]) -> list[str]:
@@ -308,6 +322,7 @@ def check(optuna_url: str, tracking: str, target: int, epochs: int, env: dict[st
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         if sorted(m.step for m in history) != list(range(epochs)):
             problems.append(f"trial {t.number}: val_accuracy logged at steps {sorted(m.step for m in history)}")
+    problems += _models_kept(client, experiment.experiment_id, optuna_url, trials, by_trial)
     finished = [r for r in runs if r.data.tags.get("sweep.role") == "trial" and r.info.status == "FINISHED"]
     if len(finished) != target:
         problems.append(f"{len(finished)} FINISHED trial runs in MLflow, expected {target}")
@@ -325,6 +340,36 @@ def check(optuna_url: str, tracking: str, target: int, epochs: int, env: dict[st
             or " 0 run(s) ended, 0 model(s) uploaded" not in r.stdout:
         problems.append(f"sweep sync had something left to replay: {r.stdout.strip() or r.stderr.strip()[-500:]}")
     return problems
+
+
+def _models_kept(client: Any, experiment_id: str, optuna_url: str, trials: list[Any],
+                 by_trial: dict[int, list[Any]]) -> list[str]:
+    """`tracking.keep_models` honoured: each trial it keeps has its model in MLflow, and no other
+    trial has one, except a model the registry holds (a version once @best reads its files)."""
+    import optuna
+
+    from sweep.record import stored_config
+    from sweep.tracking.models import kept
+    from sweep.tracking.registry import registered_model_ids
+
+    study = optuna.load_study(study_name=STUDY, storage=optuna_url)
+    cfg = stored_config(study)
+    stay = kept(study, trials, cfg.tracking.keep_models, cfg.search)
+    models = client.search_logged_models(experiment_ids=[experiment_id], max_results=1000)
+    registered = registered_model_ids(client, STUDY)
+    out = []
+    for t in trials:
+        if t.state.name != "COMPLETE" or len(by_trial.get(t.number, [])) != 1:
+            continue  # no run, or several: said already
+        rid = by_trial[t.number][0].info.run_id
+        have = [m for m in models if m.source_run_id == rid]
+        if t.number in stay and not have:
+            out.append(f"trial {t.number}: kept by keep_models {cfg.tracking.keep_models} but has no model in MLflow")
+        extra = [m.model_id for m in have if m.model_id not in registered]
+        if t.number not in stay and extra:
+            out.append(f"trial {t.number}: not kept by keep_models {cfg.tracking.keep_models}, yet its model "
+                       f"{', '.join(extra)} is still in MLflow")
+    return out
 
 
 def _port_free(port: int) -> bool:

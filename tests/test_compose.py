@@ -42,7 +42,7 @@ def test_stack_topology(rendered: dict) -> None:
     for name in ("postgres", "mlflow"):
         assert s[name]["healthcheck"]["test"]
     assert "/health" in " ".join(s["mlflow"]["healthcheck"]["test"])
-    assert {"pgdata", "mlartifacts"} <= set(rendered["volumes"])
+    assert {"pgdata", "mlartifacts", "outbox"} <= set(rendered["volumes"])
     assert s["mlflow"]["build"]["dockerfile"] == "deploy/docker/mlflow.Dockerfile"
     assert s["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert s["worker"]["environment"]["SWEEP_OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")

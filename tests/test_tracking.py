@@ -301,6 +301,27 @@ def test_sync_repairs_a_real_sweep(tmp_path: Path, tiny_npz: Path) -> None:
     assert counts["runs_created"] == counts["metrics_logged"] == counts["runs_ended"] == 0
 
 
+def test_two_replays_at_once_create_each_missing_run_once(tmp_path: Path, tiny_npz: Path) -> None:
+    """Two processes replay the same study at the same moment (two workers completing it, or one
+    and `sweep sync`): each trial MLflow lacks gets one run, not one per replayer (tests/chaos.py
+    found two FINISHED runs for one trial)."""
+    study, storage = _stored_study(tmp_path, tiny_npz)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _add(study, TrialState.COMPLETE, "relu", 2)
+    _cli_sync("replayed", storage, tracking, tmp_path)  # the experiment and parent run exist
+    for i in range(30):
+        _add(study, TrialState.COMPLETE, ["relu", "elu", "tanh"][i % 3], 2)
+    cmd = [sys.executable, "-m", "sweep", "sync", "replayed", "--storage", storage, "--tracking-uri", tracking]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = _children(MlflowClient(tracking), "replayed")  # asserts one run per trial
+    assert sorted(runs) == list(range(31))
+    created = sorted(int(out.split(": ")[1].split(" run(s) created")[0]) for out, _ in outs)
+    assert created == [0, 30], outs
+
+
 def test_sync_unknown_study_is_one_clean_error(tmp_path: Path, tiny_npz: Path) -> None:
     _, storage = _stored_study(tmp_path, tiny_npz)
     r = subprocess.run([sys.executable, "-m", "sweep", "sync", "nope", "--storage", storage,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Collection, Sequence
 from sweep.errors import ServiceError, SweepError
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
-from sweep.storage import check_tracking, mask, resolve
+from sweep.storage import check_tracking, mask, resolve, study_lock
 from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
                                  dataset_inputs, objective_metrics, run_label, run_name)
 
@@ -60,7 +60,11 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
         opt.set_user_attr(PARENT_ATTR, parent)
     replica = _Replica(tracker, parent, stored.dataset, datasets, stores.optuna)
     try:
-        replica.sync(opt, trials)
+        # one replay of a study at a time: two workers completing it together each replayed a
+        # dead worker's trial, and each created its run (tests/chaos.py: two runs for one trial).
+        # A lock of its own, not the study's set-up lock that workers take before each trial
+        with study_lock(stores.optuna, f"{study}\0replay"):
+            replica.sync(opt, trials)
     except SweepError:
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, requests, SQLAlchemy errors
