@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,32 @@ def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.s
         ) from None
 
 
+def _advisory_lock(engine: Any, key: int, url: str, wait: float) -> Any:
+    """A connection holding PostgreSQL's advisory lock `key`, the database waited for up to `wait` s."""
+    import sqlalchemy as sa
+
+    deadline, delay = time.monotonic() + wait, 0.5
+    while True:
+        conn = None
+        try:
+            conn = engine.connect()
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            return conn
+        except sa.exc.OperationalError as e:  # refused, or dropped: the outage kind
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" for {wait:g} s (workers.storage_outage)" if wait else ""
+                raise ServiceError(
+                    f"the Optuna storage {mask(url)} has been unreachable{waited} ({mask(_first_line(e))}); "
+                    "stopping. Finished trials are saved: run the same command again once the database is back."
+                ) from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
 def _first_line(e: BaseException) -> str:
     """The driver's own message (SQLAlchemy wraps it in `orig`), first line only."""
     return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -367,10 +394,13 @@ def check_database(url: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def study_lock(url: str, study: str) -> Iterator[None]:
+def study_lock(url: str, study: str, wait: float = 0.0) -> Iterator[None]:
     """Serialize study set-up (create, parent run, enqueue) between workers sharing a storage.
 
-    PostgreSQL: a session advisory lock; SQLite: a file lock beside the database.
+    PostgreSQL: a session advisory lock; SQLite: a file lock beside the database. An unreachable
+    database is waited for up to `wait` seconds (a worker's `workers.storage_outage`, as its
+    storage calls are: sweep/runner/liveness.py), then one ServiceError line; it was a traceback
+    and exit 1 when PostgreSQL stopped as a worker took its next trial (tests/chaos.py).
     """
     key = zlib.crc32(f"sweep:{study}".encode())
     sqlite_file = sqlite_path(url)
@@ -379,18 +409,19 @@ def study_lock(url: str, study: str) -> Iterator[None]:
 
         engine = sa.create_engine(url, **_engine_kwargs(url))
         try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn = _advisory_lock(engine, key, url, wait)
+            try:
+                yield
+            finally:
                 try:
-                    yield
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                except sa.exc.DBAPIError as e:
+                    if not e.connection_invalidated:
+                        raise
+                    # the database went away: the session, and its lock, went with it. Raising
+                    # here would hide what the body raised (tests/chaos.py: a traceback, exit 1)
                 finally:
-                    try:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    except sa.exc.DBAPIError as e:
-                        if not e.connection_invalidated:
-                            raise
-                        # the database went away: the session, and its lock, went with it. Raising
-                        # here would hide what the body raised (tests/chaos.py: a traceback, exit 1)
+                    conn.close()
         finally:
             engine.dispose()
     elif sqlite_file is not None:

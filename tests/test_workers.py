@@ -661,6 +661,52 @@ def test_an_error_inside_the_study_lock_is_what_is_raised_when_the_database_went
         pass
 
 
+def test_the_study_lock_waits_out_a_database_restart_and_says_one_line_after_its_wait(
+        own_postgres: dict[str, Any]) -> None:
+    """A worker takes the study lock before each trial: PostgreSQL stopped just then is waited for
+    (up to workers.storage_outage), as its storage calls are; past that, one ServiceError line (it
+    was a psycopg2 traceback and exit 1 in tests/chaos.py)."""
+    import threading
+
+    from sweep.errors import ServiceError
+    from sweep.storage import study_lock
+
+    own_postgres["stop"]()
+    with pytest.raises(ServiceError) as e:
+        with study_lock(own_postgres["url"], "locked", wait=1):
+            pass
+    said = str(e.value)
+    assert "unreachable for 1 s (workers.storage_outage)" in said and "\n" not in said and not _leaks(said)
+    back = threading.Timer(3, own_postgres["start"])
+    back.start()
+    t0 = time.monotonic()
+    with study_lock(own_postgres["url"], "locked", wait=60):
+        assert time.monotonic() - t0 >= 2.5
+    back.join()
+
+
+def test_a_worker_whose_trial_another_worker_failed_goes_on_to_the_next(tmp_path: Path, tiny_npz: Path,
+                                                                       optuna_pg: str) -> None:
+    """A worker's heartbeats could not be written through an outage longer than grace_period, so
+    another worker marked its trial FAIL (Optuna's fail_stale_trials, run here by hand on the real
+    study). The worker finds it out at its next write: one warning, and it goes on with the next
+    trial (it died with a traceback in tests/chaos.py)."""
+    env = _env(optuna_pg, f"sqlite:///{tmp_path / 'mlflow.db'}", _settings(tmp_path, grace_period=600))
+    path = write_study(tmp_path, _plan_study(tiny_npz, "zombie", ["relu", "elu"], epochs=40))
+    proc = _sweep(["run", str(path)], env, tmp_path)
+    try:
+        first = _wait_for("a trial mid-training", lambda: _training(optuna_pg, "zombie"), proc)[0]
+        study = _study(optuna_pg, "zombie")
+        study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)  # what fail_stale does
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in out and f"trial {first.number} was marked FAIL by another worker" in out, out
+    states = {t.number: t.state for t in _study(optuna_pg, "zombie").get_trials()}
+    assert states[first.number] == TrialState.FAIL and TrialState.COMPLETE in states.values(), (states, out)
+
+
 def test_database_restart_mid_trial_is_ridden_out(tmp_path: Path, tiny_npz: Path, own_postgres: dict[str, Any],
                                                   mlflow_server: str) -> None:
     storage = own_postgres["url"]

@@ -172,6 +172,8 @@ def make_objective(
             # the Optuna storage stayed unreachable: the worker stops, the trial is retried
             _safe_end(run, "FAIL", "the Optuna storage became unreachable")
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # another worker took this trial over: nothing of it is ours to record (worker.py)
         except Exception as e:  # noqa: BLE001 - any training error fails this trial, not the sweep
             reason = mask((str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}").strip()[:2000])
             trial.set_user_attr(FAIL_REASON, reason)

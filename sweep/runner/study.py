@@ -208,7 +208,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     rdb = open_storage(stores.optuna, ws, on_stale)
     _await_tracking(lambda: check_tracking(stores.tracking), lambda: _tracked(rdb, cfg.study), ws.storage_outage)
     # workers joining at once must not each create a parent run or enqueue the plan again
-    with study_lock(stores.optuna, cfg.study):
+    with study_lock(stores.optuna, cfg.study, wait=ws.storage_outage):
         opt_study, changed, cfg = _open(cfg, stores, rdb)
         new = cfg.model_dump(mode="json")
         known = opt_study.user_attrs.get(PARENT_ATTR)
@@ -474,7 +474,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     try:
         with worker.stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
-                        heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
+                        lock_wait=p.workers.storage_outage, heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
                         callbacks=callbacks, handover=_bound(p) if handover.supervised() else None,
                         requeue=None if p.configs is None else
                         functools.partial(_requeue_interrupted, configs=p.configs, cfg=cfg))

@@ -222,6 +222,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
             # the database is gone: leave the trial RUNNING; without heartbeats it goes stale
             # and is retried by whichever worker runs next
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # its heartbeats could not be written through a database outage longer than
+            # grace_period, so another worker marked it FAIL and queued it again: the retry stands,
+            # and this worker takes its next trial (tests/chaos.py: it died with a traceback)
+            log.warning("trial %d was marked FAIL by another worker while this one trained it (no heartbeat "
+                        "for grace_period); its retry stands", trial.number)
+            return
         except BaseException:
             # Ctrl-C/SIGTERM (marked interrupted by the objective) or a bug: never leave it RUNNING
             with contextlib.suppress(Exception):
@@ -237,6 +244,7 @@ def work(
     *,
     explicit_plan: bool,
     lock_url: str,
+    lock_wait: float = 0.0,
     heartbeat: Callable[[int], contextlib.AbstractContextManager],
     poll_seconds: float,
     n_trials: int | None = None,
@@ -251,6 +259,7 @@ def work(
     two trials, why this process should give way to a fresh one (sweep/runner/handover.py); it
     then raises `HandOver`, but only while the study has a trial left to take. `requeue(study)`,
     under the study lock before each take, queues again what other workers left interrupted.
+    `lock_wait`: how long that lock waits for an unreachable database.
     """
     from optuna.trial import TrialState
 
@@ -263,7 +272,7 @@ def work(
         fail_stale(study)
         if handover is not None and ran > asked:  # once per trial run, not per wait
             asked, why = ran, handover(ran)
-        with study_lock(lock_url, study.study_name):
+        with study_lock(lock_url, study.study_name, wait=lock_wait):
             if requeue is not None:
                 requeue(study)
             if why is not None and _more(study, cfg, explicit_plan):
