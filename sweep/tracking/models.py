@@ -68,6 +68,10 @@ class Keeper:
         self.search = cfg.search
         self.tracker = tracker
         self.run_id_attr = run_id_attr
+        # run id -> trial number (None: not a trial's run). Optuna names most runs; a run made after
+        # its trial ended (MLflow away for the whole trial, or a replay) is named only by its own
+        # tag, and its model was never deleted (tests/chaos.py: 12 such models over 30 minutes)
+        self._numbers: dict[str, int | None] = {}
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         from optuna.trial import TrialState
@@ -75,13 +79,14 @@ class Keeper:
         every = study.get_trials(deepcopy=False)
         finished = [t for t in every if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
         stay = kept(study, every, self.keep, self.search)
-        drop = {t.user_attrs[self.run_id_attr]: t.number for t in finished
-                if t.number not in stay and t.user_attrs.get(self.run_id_attr)}
+        drop = {t.number for t in finished if t.number not in stay}
+        self._numbers.update({t.user_attrs[self.run_id_attr]: t.number for t in finished
+                              if t.user_attrs.get(self.run_id_attr)})
         if drop:
             self.tracker.sender.submit(lambda: self._delete(drop), "deleting models that fell out")
 
-    def _delete(self, drop: dict[str, int]) -> None:
-        """Delete the models whose source run is in `drop` (run id -> trial number); safe to repeat."""
+    def _delete(self, drop: set[int]) -> None:
+        """Delete the models of the trials numbered in `drop`; safe to repeat."""
         from mlflow.exceptions import MlflowException
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -92,7 +97,10 @@ class Keeper:
         # to `models:/STUDY@best` (sweep.tracking.registry) keeps them
         registered = registered_model_ids(client, self.tracker.study_name)
         for model in self._models():
-            if model.source_run_id not in drop or model.model_id in registered:
+            if model.model_id in registered:
+                continue
+            number = self._trial_of(model.source_run_id)
+            if number is None or number not in drop:
                 continue
             # the files first: a model whose entity is gone would no longer be listed here, and its
             # files would stay behind for good
@@ -105,7 +113,21 @@ class Keeper:
             client.set_tag(model.source_run_id, DELETED_TAG,
                            f"{model.model_id}: not kept (tracking.keep_models: {self.keep})")
             log.info("deleted the model of trial %d (%s): tracking.keep_models is %s",
-                     drop[model.source_run_id], model.model_id, self.keep)
+                     number, model.model_id, self.keep)
+
+    def _trial_of(self, run_id: str | None) -> int | None:
+        """The trial number of a model's source run, from Optuna or else the run's own tag."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        if run_id not in self._numbers:
+            try:
+                tags = self.tracker.client.get_run(run_id).data.tags
+                self._numbers[run_id] = int(tags["optuna.trial_number"])
+            except (MlflowException, KeyError, ValueError):
+                self._numbers[run_id] = None
+        return self._numbers[run_id]
 
     def _models(self) -> list[Any]:
         """Every logged model of the study's experiment: the K kept, the registered ones and those
