@@ -42,8 +42,8 @@ from typing import Any, Callable
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-from helpers import (PostgresCluster, descendants, free_port, study_dict, wait_health, write_study,  # noqa: E402
-                     write_tiny_npz)
+from helpers import (PostgresCluster, descendants, free_port, stop_group, study_dict, wait_health,  # noqa: E402
+                     write_study, write_tiny_npz)
 
 FAULTS = ("kill_worker", "term_worker", "pg_blip", "pg_outage", "server_kill", "server_int_term", "ctrl_c_run")
 ACTIVATIONS = ("relu", "elu", "tanh")
@@ -202,12 +202,7 @@ class Chaos:
 
     def close(self) -> None:
         for p in [*self.runs, *self.joiners, *([self.server] if self.server else [])]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p)
         self.log.close()
         self.pg.close()
 

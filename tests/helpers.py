@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -323,3 +325,14 @@ class PostgresCluster:
         subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM to the process group a test started (start_new_session), SIGKILL after `grace` s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 from helpers import (TESTS, free_port, postgres_database, fail_without_postgres, start_cli_server, study_dict,
-                     wait_health, write_study)
+                     stop_group, wait_health, write_study)
 from mlflow import MlflowClient
 
 import sweep
@@ -318,13 +318,7 @@ def _gone_within(tree: dict[int, str], seconds: float) -> dict[int, str]:
 def _clean_up(procs: list[subprocess.Popen], tree: dict[int, str]) -> None:
     """Stop the `sweep server`s a test started and anything of `tree` left, whatever failed."""
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
     for pid in tree:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
