@@ -2,13 +2,15 @@
 
     python benchmarks/sweep_vs_scripts.py [--samples 12000] [--epochs 3] [--seeds 2] [--rounds 2]
         [--workers 2] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--pools postgres:2,sqlite:2,sqlite:1]
 
 The fixed study is the four tutorial variants (ReLU; Leaky ReLU 0.1; PReLU zeros; PReLU 0.25) x
 `--seeds` seeds x `--epochs` epochs on the first `--samples` images of real MNIST
 (../shared/data/mnist.npz; a sixth as many test images). Each round, in alternating order:
 - scripts: `tutorial_script.py` for every variant and seed, one fresh process after another;
 - sweep --workers N: `sweep run study.yaml --workers N` (PostgreSQL for Optuna, a fresh database
-  each round; MLflow on SQLite), all callbacks, diagnostics and logging on;
+  each round; MLflow on SQLite), all callbacks, diagnostics and logging on; `--pools` runs it for
+  each STORAGE:N given, `sqlite` being the embedded default (both stores SQLite files);
 - one trial, SQLite and HTTP: `sweep run` of the ReLU configuration alone, seed 0, once with both
   stores on SQLite and once logging to a `sweep server` over HTTP, against the ReLU script.
 Reported (medians over rounds): per-epoch seconds of a full sweep trial vs the script's (epoch 1,
@@ -120,9 +122,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--npz", default=str(ROOT.parent / "shared" / "data" / "mnist.npz"))
+    ap.add_argument("--pools", default=None, help="STORAGE:WORKERS,... (postgres or sqlite); default "
+                                                  "postgres:--workers")
     ap.add_argument("--parts", default="scripts,pool,one", help="which to run (the report needs all three)")
     args = ap.parse_args()
     parts = args.parts.split(",")
+    pools = [(kind, int(n)) for kind, n in (p.split(":") for p in (args.pools or f"postgres:{args.workers}").split(","))]
 
     from helpers import free_port, postgres_database, start_cli_server, wait_health
 
@@ -134,12 +139,12 @@ def main() -> None:
     server = start_cli_server(["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                                "--artifacts-destination", str(tmp / "server-artifacts")], tmp, tmp / "server.log")
     wait_health(f"http://127.0.0.1:{port}", server, tmp / "server.log")
-    rows: dict[str, list[Any]] = {k: [] for k in ("scripts", "pool", "script1", "sqlite1", "http1")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("scripts", "script1", "sqlite1", "http1",
+                                                  *(f"pool-{kind}-{n}" for kind, n in pools))}
     try:
         for r in range(args.rounds):
             work = tmp / f"round{r}"
             work.mkdir()
-            pool_study = study_file(work, f"fixed{r}", npz, args.epochs, args.seeds, configs)
             one_sqlite = study_file(work, f"one-sqlite{r}", npz, args.epochs, 1, configs[:1])
             one_http = study_file(work, f"one-http{r}", npz, args.epochs, 1, configs[:1])
             steps = ["scripts", "pool", "one"] if r % 2 == 0 else ["one", "pool", "scripts"]
@@ -147,12 +152,16 @@ def main() -> None:
                 if step == "scripts":
                     rows["scripts"].append(scripts(npz, args.epochs, args.seeds, work))
                 elif step == "pool":
-                    url, drop = postgres_database(args.postgres)
-                    try:
-                        rows["pool"].append(sweep_run(pool_study, f"fixed{r}", work, url,
-                                                      f"sqlite:///{work / 'pool-mlflow.db'}", args.workers))
-                    finally:
-                        drop()
+                    for i, (kind, n) in enumerate(pools if r % 2 == 0 else pools[::-1]):
+                        name = f"fixed{r}-{kind}-{n}"
+                        pool_study = study_file(work, name, npz, args.epochs, args.seeds, configs)
+                        url, drop = (postgres_database(args.postgres) if kind == "postgres" else
+                                     (f"sqlite:///{work / f'{name}-optuna.db'}", lambda: None))
+                        try:
+                            rows[f"pool-{kind}-{n}"].append(sweep_run(pool_study, name, work, url,
+                                                                      f"sqlite:///{work / f'{name}-mlflow.db'}", n))
+                        finally:
+                            drop()
                 else:
                     rows["script1"].append(scripts(npz, args.epochs, 1, work, only="relu"))
                     rows["sqlite1"].append(sweep_run(one_sqlite, f"one-sqlite{r}", work,
@@ -172,31 +181,30 @@ def main() -> None:
     n_runs = len(VARIANTS) * args.seeds
     print(f"{time.strftime('%Y-%m-%d')}, {model}, {os.cpu_count()} cores; {args.samples} MNIST images "
           f"({int(args.samples * 0.8)} fitted per epoch), {args.epochs} epochs, batch 250; {args.rounds} "
-          f"rounds; fixed study {n_runs} trials with --workers {args.workers}")
-    if "one" not in parts:
-        return
-    script_epoch = med(later(run["epoch_seconds"]) for s in rows["script1"] for run in s["runs"])
-    for key, label in (("sqlite1", "SQLite"), ("http1", "HTTP")):
-        trial = [t for s in rows[key] for t in s["trials"]]
-        epoch = med(later(t["epochs"]) for t in trial)
-        share = med((t["duration"] - sum(t["epochs"])) / t["duration"] for t in trial)
-        outside = med(t["duration"] - sum(t["epochs"]) for t in trial)
-        process = med((s["wall"] - sum(s["trials"][0]["epochs"])) / s["wall"] for s in rows[key])
-        script_process = med((s["wall"] - sum(s["runs"][0]["epoch_seconds"])) / s["wall"] for s in rows["script1"])
-        print(f"one trial, {label:<6} epoch {epoch:6.2f} s vs script {script_epoch:6.2f} s = "
-              f"{epoch / script_epoch:.2f}x; "
-              f"non-fit share of the trial {share:.1%} ({outside:.2f} s); of the process {process:.1%} (script's process: "
-              f"{script_process:.1%}); process {med(s['wall'] for s in rows[key]):.1f} s vs script "
-              f"{med(s['wall'] for s in rows['script1']):.1f} s")
-    if "scripts" not in parts or "pool" not in parts:
-        return
-    scripts_wall = med(s["wall"] for s in rows["scripts"])
-    pool_wall = med(s["wall"] for s in rows["pool"])
-    fitted = int(args.samples * 0.8) * args.epochs * n_runs
-    one_script = med(run["fitted"] / run["wall"] for s in rows["scripts"] for run in s["runs"])
-    print(f"fixed study: sweep --workers {args.workers} {pool_wall:.1f} s vs scripts one after another "
-          f"{scripts_wall:.1f} s = {pool_wall / scripts_wall:.2f}x; samples/s {fitted / pool_wall:.0f} vs one "
-          f"script's {one_script:.0f} = {fitted / pool_wall / one_script:.2f}x")
+          f"rounds; fixed study {n_runs} trials with {args.pools or f'--workers {args.workers}'}")
+    if "one" in parts:
+        script_epoch = med(later(run["epoch_seconds"]) for s in rows["script1"] for run in s["runs"])
+        for key, label in (("sqlite1", "SQLite"), ("http1", "HTTP")):
+            trial = [t for s in rows[key] for t in s["trials"]]
+            epoch = med(later(t["epochs"]) for t in trial)
+            share = med((t["duration"] - sum(t["epochs"])) / t["duration"] for t in trial)
+            outside = med(t["duration"] - sum(t["epochs"]) for t in trial)
+            process = med((s["wall"] - sum(s["trials"][0]["epochs"])) / s["wall"] for s in rows[key])
+            script_process = med((s["wall"] - sum(s["runs"][0]["epoch_seconds"])) / s["wall"] for s in rows["script1"])
+            print(f"one trial, {label:<6} epoch {epoch:6.2f} s vs script {script_epoch:6.2f} s = "
+                  f"{epoch / script_epoch:.2f}x; "
+                  f"non-fit share of the trial {share:.1%} ({outside:.2f} s); of the process {process:.1%} (script's process: "
+                  f"{script_process:.1%}); process {med(s['wall'] for s in rows[key]):.1f} s vs script "
+                  f"{med(s['wall'] for s in rows['script1']):.1f} s")
+    if "scripts" in parts and "pool" in parts:
+        scripts_wall = med(s["wall"] for s in rows["scripts"])
+        fitted = int(args.samples * 0.8) * args.epochs * n_runs
+        one_script = med(run["fitted"] / run["wall"] for s in rows["scripts"] for run in s["runs"])
+        for kind, n in pools:
+            pool_wall = med(s["wall"] for s in rows[f"pool-{kind}-{n}"])
+            print(f"fixed study: sweep --workers {n} on {kind:<8} {pool_wall:.1f} s vs scripts one after another "
+                  f"{scripts_wall:.1f} s = {pool_wall / scripts_wall:.2f}x; samples/s {fitted / pool_wall:.0f} vs one "
+                  f"script's {one_script:.0f} = {fitted / pool_wall / one_script:.2f}x")
     print(json.dumps({k: [round(s["wall"], 2) for s in v] for k, v in rows.items()}))
 
 

@@ -1,7 +1,7 @@
 """Trials per minute with 1, 2 and 4 worker processes on PostgreSQL: direct, and via Optuna's gRPC proxy.
 
     python benchmarks/workers.py [--trials 150] [--workers 1,2,4] [--rounds 1]
-        [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test | --sqlite wal|delete]
         [--modes memory,optimize,sweep,grpc]
 
 The objective is trivial (suggest a float, report 3 intermediate values, return), so what is
@@ -42,6 +42,7 @@ import time
 import traceback
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_POSTGRES = os.environ.get("SWEEP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -175,6 +176,19 @@ def throwaway_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def throwaway_sqlite(journal: str) -> Iterator[str]:
+    """A fresh SQLite file in a temporary folder, in `journal` mode (which the file keeps)."""
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as folder:
+        path = Path(folder) / "optuna.db"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(f"PRAGMA journal_mode={journal}")
+        yield f"sqlite:///{path}"
+
+
 def stop(procs: list[Any]) -> None:
     """Terminate (SIGTERM, by pid) what is still running, then kill what did not stop."""
     for p in procs:
@@ -254,6 +268,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything; medians are printed")
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES,
                     help="a PostgreSQL server URL; a throwaway database is created there and dropped")
+    ap.add_argument("--sqlite", choices=("wal", "delete"), default=None,
+                    help="a fresh SQLite file in this journal mode instead (sweep's is wal), as on one box")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
     modes = [m for m in args.modes.split(",") if m]
@@ -276,7 +292,9 @@ def main() -> None:
     procs: list[Any] = []
     rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
-        with throwaway_database(args.postgres) as url:
+        store = throwaway_sqlite(args.sqlite) if args.sqlite else throwaway_database(args.postgres)
+        with store as url:
+            print(f"storage: {url.split('@')[-1]}", flush=True)
             rdb = optuna.storages.RDBStorage(url)  # the parent's: creates the studies, counts trials
             port = 0
             if "grpc" in modes:

@@ -145,7 +145,7 @@ def run(
     tracking_uri: Optional[str] = TrackingOpt,
     n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="run at most this many trials now"),
     workers: int = typer.Option(1, "--workers", "-w", min=1,
-                                help="local worker processes on this study (more than 1 needs PostgreSQL)"),
+                                help="local worker processes on this study (on this machine; SQLite or PostgreSQL)"),
     threads_per_worker: Optional[int] = ThreadsOpt,
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
@@ -253,7 +253,8 @@ def _use_threads(threads: Optional[int]) -> None:
 def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
               workers: int, config: Optional[str], verbose: bool, threads: Optional[int]) -> int:
     from sweep.errors import ConfigError
-    from sweep.runner.pool import check_parallel_storage, run_workers
+    from sweep import backend
+    from sweep.runner.pool import run_workers
     from sweep.runner.study import prepare, summarize, view
     from sweep.storage import resolve, settings
 
@@ -261,7 +262,9 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
         raise ConfigError("--n-trials", [f"cannot be combined with --workers {workers}: workers run "
                                          "until the study has search.n_trials (or its plan) done"])
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-    check_parallel_storage(stores, workers)
+    # a KERAS_BACKEND that cannot be used: one line here, not one per worker
+    chosen = backend.choose()
+    log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
     p = prepare(study, stores, settings(config).workers)  # under run's _stopping()
     try:
         if p.todo <= 0:
@@ -336,7 +339,7 @@ def confirm(
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     workers: int = typer.Option(1, "--workers", "-w", min=1,
-                                help="local worker processes on the confirmation (more than 1 needs PostgreSQL)"),
+                                help="local worker processes on the confirmation (on this machine; SQLite or PostgreSQL)"),
     threads_per_worker: Optional[int] = ThreadsOpt,
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,

@@ -507,16 +507,6 @@ def test_ctrl_c_while_a_worker_starts_is_one_clean_stop(tmp_path: Path, tiny_npz
     assert err.count("interrupted: finished trials are saved") == 1, err
 
 
-def test_workers_on_sqlite_are_refused(tmp_path: Path, tiny_npz: Path) -> None:
-    path = write_study(tmp_path, _plan_study(tiny_npz, "lite", ["relu"], epochs=1))
-    r = subprocess.run([sys.executable, "-m", "sweep", "run", str(path), "--workers", "2"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert "PostgreSQL" in r.stderr and "--workers" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "sweep-optuna.db").exists()  # refused before anything was written
-
-
-
 def test_workers_share_a_gpu_unless_the_user_capped_memory() -> None:
     """Each worker takes GPU memory as it needs it; a user's JAX cap (which needs preallocation)
     or their own TensorFlow setting is kept, not overridden."""

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sweep import diagnostics, search
+from sweep import backend, diagnostics, search
 from sweep.errors import ServiceError, TrialFailed
 from sweep.models import activation_layers, build_model
 # the names are re-exported: `objective.RUN_ID` reads as what a trial carries
@@ -60,6 +60,7 @@ def run_params(cfg: StudyConfig, data: Dataset, params: dict[str, Any], seed: in
         "validation_split": cfg.dataset.validation_split,
         **data.params(),  # a table's class mapping and scaling, to read predictions back
         **cfg.training.model_dump(),
+        **backend.params(),  # where it trained: "tensorflow 2.21.0", "CPU"
     }
 
 

@@ -7,6 +7,13 @@ the workers then only join it by name, exactly as `sweep worker` does on other m
 URLs travel in the environment, never on a command line where `ps` would show a password.
 A worker process rather than a thread: TensorFlow holds the GIL in Python callbacks, and a
 killed process is the fault the heartbeat already covers.
+
+On the embedded default the workers share the two SQLite files: Optuna's RDB storage keeps its
+heartbeat there as on PostgreSQL, the study lock is a file lock beside the file, and each write
+waits its turn (sweep.storage.SQLITE_BUSY_SECONDS, write_ahead). Optuna's JournalFileBackend,
+its own answer for one host, was not taken: it has no heartbeat, so a killed worker's trial
+would never be retried, and `sweep best`/`status` read the study's tables directly (sweep/peek.py).
+One machine only: SQLite's locks do not hold across network filesystems (use PostgreSQL).
 """
 
 from __future__ import annotations
@@ -23,28 +30,16 @@ import time
 from pathlib import Path
 from typing import IO, Callable
 
-from sweep.errors import ConfigError
 from sweep.runner.handover import ENV_STATE, ENV_SUPERVISOR, HANDOVER_EXIT
 from sweep.runner.progress import ENV_MODE, View, read_event
 from sweep.runner.worker import ENV_WORKER_NAME
-from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores, mask, scheme
+from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores
 
 log = logging.getLogger(__name__)
 
 # after the first Ctrl-C/SIGTERM: time for workers to close their trials, then SIGKILL
 STOP_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.2  # how often the supervisor looks at its workers (a hand-over waits this long)
-
-
-def check_parallel_storage(stores: Stores, workers: int) -> None:
-    """SQLite lets one process write at a time: several workers end in 'database is locked'."""
-    if workers > 1 and scheme(stores.optuna) == "sqlite":
-        raise ConfigError(
-            "--workers",
-            [f"{workers} workers need a PostgreSQL Optuna storage, got SQLite ({mask(stores.optuna)}), "
-             "which lets one process write at a time. Pass --storage postgresql://USER@HOST:5432/optuna "
-             "(or set SWEEP_OPTUNA_STORAGE), or run with --workers 1."],
-        )
 
 
 def use_threads(threads: int, env: dict[str, str] | None = None) -> dict[str, str]:

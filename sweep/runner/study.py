@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from sweep import config as config_mod
 from sweep import data as data_mod
-from sweep import ranking, search
+from sweep import backend, ranking, search
 from sweep.errors import ConfigError
 from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, TARGET_ATTR, load_study,  # noqa: F401 (re-exported)
                           name_metrics, stored_config)
@@ -26,7 +26,7 @@ from sweep.runner import objective as obj
 from sweep.runner import progress
 from sweep.runner import worker
 from sweep.storage import (Stores, check_separate, check_tracking, mask, optuna_storage, resolve,
-                           settings, study_lock)
+                           settings, study_lock, write_ahead)
 from sweep.tracking.models import Keeper
 from sweep.tracking.runs import Tracker, experiment_url
 
@@ -218,6 +218,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
             return t, t.parent_run(known, new)
 
         tracker, parent = _await_tracking(track, lambda: bool(known), ws.storage_outage)
+        write_ahead(stores)  # both stores exist now; local workers on SQLite
         on_stale.tracker = tracker
         if changed:
             tracker.config_changed(parent, new, changed)
@@ -290,12 +291,16 @@ def run(
     this process is one of several workers (its sampler draws from its own seed).
     Everything is validated and the data loaded before either store is written.
     """
+    chosen = backend.use()  # before anything imports Keras (the data pipelines may)
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     workers = settings(config).workers
     before = handover.arrived()  # this process goes on from an earlier one of its chain
     if n_trials is not None and before is not None:
         n_trials -= before.trials
     cfg = _config_for(study, stores)
+    engine, device = backend.describe()  # imports it: 3-4 s for TensorFlow, once, before the first trial
+    (log.info if before is None else log.debug)("keras %s on %s, %s (%s)", _keras_version(), engine, device,
+                                                 chosen.why)
     with _quiet("sweep.data") if before is not None else contextlib.nullcontext():  # said once, by the first
         data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
     cfg.model.check_output(data.num_classes, data.labels, cfg.source)  # an output that cannot fit the target
@@ -312,6 +317,12 @@ def run(
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()
     return p.study
+
+
+def _keras_version() -> str:
+    import keras
+
+    return keras.__version__
 
 
 @contextlib.contextmanager
@@ -447,10 +458,6 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     say("study %s: %d trial(s) to run; %s; MLflow parent run %s%s", cfg.study,
         min(p.todo, n_trials or p.todo), p.stores, p.parent, f"; browse {url}" if url else "")
     space = search.space_of(p.configs) if p.configs is not None else cfg.search.space
-    # TensorFlow's import (3-4 s) here, once, rather than inside the first trial: trial times and
-    # the ETA are then what a trial costs
-    import keras  # noqa: F401
-
     shown = view(p, n_trials)
     if before is not None:
         # the footer and the ETA go on from the earlier processes' trials

@@ -326,6 +326,7 @@ class Tracker:
 
         op = self.sender.submit(create, f"starting the run of trial {trial_number}", trial_number)
         self.sender.wait(op, START_WAIT)
+        run.watch_system()
         return run
 
     def end_run(self, run_id: str, state: str, reason: str | None = None) -> None:
@@ -491,6 +492,23 @@ class TrialRun:
         self.run_id: str | None = None  # set by the sender once the run exists
         self.trial_number = trial_number
         self.started = started
+        self._system: Any = None
+
+    def watch_system(self) -> None:
+        """MLflow's own system metrics on this run: CPU, memory, disk and network, and the GPU where
+        nvidia-ml-py is installed (the [cuda] extra), as `system/...` every
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default; a trial shorter than that
+        logs none). They come from MLflow's monitor thread, which calls MLflow itself rather than
+        through the sender: best-effort, an MLflow outage ends them for this trial (one warning)."""
+        if self.run_id is None:  # MLflow unreachable as the trial starts
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system = SystemMetricsMonitor(self.run_id, tracking_uri=self.tracker.uri)
+            self._system.start()
+        except Exception as e:  # noqa: BLE001 - tracking trouble never fails a trial
+            log.warning("MLflow: no system metrics for trial %d: %s", self.trial_number, e)
 
     def _send(self, call: Callable[[str], None], what: str, final: bool = False) -> Any:
         def op() -> None:
@@ -628,7 +646,11 @@ class TrialRun:
             log.warning("MLflow: cannot close the run of trial %d as %s: %s", self.trial_number, state, e)
             return
 
+        system, self._system = self._system, None
+
         def close(rid: str) -> None:
+            if system is not None:  # its last samples first, while the run is still RUNNING
+                system.finish()
             self.client.log_batch(rid, metrics=metrics, tags=tags)
             self.client.set_terminated(rid, status, end_time=end_ms)
 
