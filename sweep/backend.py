@@ -71,9 +71,11 @@ def choose(env: dict[str, str] | os._Environ = os.environ) -> Choice:
     return Choice("tensorflow", "auto: no GPU visible")
 
 
+@functools.lru_cache(maxsize=None)
 def use() -> Choice:
-    """Choose, and set it for Keras to read at its import. Once Keras is imported its backend
-    stays: a later call only checks that it is the one chosen."""
+    """Choose, and set it for Keras to read at its import. Once per process: Keras keeps the
+    backend it was imported with, and a second study in the same process (a search's
+    confirmation) says why it was chosen as the first did, not `KERAS_BACKEND` set here."""
     import sys
 
     choice = choose()
