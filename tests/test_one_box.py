@@ -161,6 +161,9 @@ def _two_training(tmp_path: Path, tiny_npz: Path, name: str, epochs: int, repeat
 
 def test_kill_9_of_a_worker_on_the_embedded_default_gets_its_trial_retried(tmp_path: Path,
                                                                           tiny_npz: Path) -> None:
+    """`sweep run --workers 2`, one worker SIGKILLed mid-trial: the other takes its trial over, the
+    study completes, and the command exits 0, having said what happened to the worker. (Storage
+    apart, the same on PostgreSQL, where `sweep worker`'s own kill is tested in test_workers.)"""
     optuna_url, tracking = _stores(tmp_path)
     proc, _ = _two_training(tmp_path, tiny_npz, "box-kill", epochs=20, repeats=2)
     try:

@@ -401,33 +401,6 @@ def test_a_waiting_worker_takes_over_a_killed_peers_trial(tmp_path: Path, tiny_n
     assert len(trials) == 3 and f"trial {victim.number}" in kept and "stopped sending heartbeats" in kept
 
 
-def test_run_with_workers_exits_0_when_its_study_completed_though_a_worker_was_killed(
-        tmp_path: Path, tiny_npz: Path, optuna_pg: str, mlflow_server: str) -> None:
-    """`sweep run --workers 2`, one worker SIGKILLed mid-trial: the other takes its trial over, the
-    study completes, and the command exits 0, having said what happened to the worker."""
-    env = {**_env(optuna_pg, mlflow_server, _settings(tmp_path)), **rendezvous(tmp_path)}
-    d = study_dict(tiny_npz, configs=[{"activation": RENDEZVOUS}], repeats=2)
-    d["study"] = "pool-kill"
-    d["training"].update(epochs=20, batch_size=100)
-    path = write_study(tmp_path, d)
-    proc = _sweep(["run", str(path), "--workers", "2"], env, tmp_path, start_new_session=True)
-    try:
-        _wait_for("two trials mid-training", lambda: _training(optuna_pg, "pool-kill", at_least=2), proc)
-        workers = [p for p in descendants(proc.pid)
-                   if b"sweep\x00worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert len(workers) >= 2, workers
-        os.kill(workers[-1], signal.SIGKILL)
-        out = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, out
-    assert "killed by SIGKILL" in out and "the study is complete although 1 of 2 worker(s)" in out, out
-    trials = _study(optuna_pg, "pool-kill").get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2 and len(trials) == 3, out
-
-
 def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:
     """Ctrl-C landing in a weakref callback (SQLAlchemy has them) raises there, where Python only
     prints "Exception ignored"; the worker would train on. It is delivered again, outside."""
