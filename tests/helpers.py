@@ -261,6 +261,31 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def still_running(pids: list[int] | dict[int, Any], seconds: float) -> list[int]:
+    """Those of `pids` still running after waiting up to `seconds` for them all to exit: each
+    process's pidfd becomes readable when it exits (a zombie counts as gone), so this wakes at
+    the last exit rather than polling."""
+    import select
+    import time
+
+    fds = {}
+    for pid in pids:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            pass  # gone already
+    try:
+        deadline = time.monotonic() + seconds
+        waiting = dict(fds)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(waiting.values()), [], [], left)
+            waiting = {p: fd for p, fd in waiting.items() if fd not in ready}
+        return [p for p in waiting if alive(p)]
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 class PostgresCluster:
     """A PostgreSQL cluster of its own, in a temp dir on a free loopback port (initdb, pg_ctl), that
     a test may stop and start; never the machine's. Started on creation; `close` removes it."""

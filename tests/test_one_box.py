@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import RENDEZVOUS, alive, descendants, rendezvous, study_dict, watch_study, write_study
+from helpers import RENDEZVOUS, descendants, rendezvous, study_dict, watch_study, write_study, still_running
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -197,10 +197,7 @@ def test_ctrl_c_of_workers_on_the_embedded_default_stops_them_and_the_study_resu
     out = _finish(proc, timeout=60)
     assert proc.returncode == 130, out
     _no_lock_error(out)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in workers if alive(p)], "orphan worker processes"
+    assert still_running(workers, 10) == [], "orphan worker processes"
     trials = watch_study(optuna_url, "box-stop").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.state == TrialState.FAIL]

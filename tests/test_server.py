@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 from helpers import (TESTS, free_port, postgres_database, fail_without_postgres, start_cli_server, study_dict,
-                     stop_group, wait_health, write_study)
+                     alive, still_running, stop_group, wait_health, write_study)
 from mlflow import MlflowClient
 
 import sweep
@@ -298,29 +298,12 @@ def _own_server_settings(folder: Path, port: int) -> None:
         f"artifacts_destination: '{folder / 'artifacts'}'}}\n")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _gone_within(tree: dict[int, str], seconds: float) -> dict[int, str]:
-    """The processes of `tree` still alive after waiting up to `seconds` for them to exit."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return {p: c for p, c in tree.items() if _alive(p)}
-
-
 def _clean_up(procs: list[subprocess.Popen], tree: dict[int, str]) -> None:
     """Stop the `sweep server`s a test started and anything of `tree` left, whatever failed."""
     for proc in procs:
         stop_group(proc)
     for pid in tree:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -355,7 +338,7 @@ def test_ctrl_c_stops_server_cleanly(tmp_path: Path, signum: int, ignore_sigint:
             requests.get(url + "/health", timeout=2)
         assert "stopping the MLflow server" in log.read_text()
         # nothing it started is left behind (its children may take a moment to exit)
-        assert _gone_within(tree, 30) == {}
+        assert still_running(tree, 30) == []
     finally:
         _clean_up([proc], tree)
 
@@ -394,7 +377,7 @@ def test_nothing_outlives_sweep_server(tmp_path: Path, signals: tuple[int, ...],
             os.kill(procs[0].pid, signum)
         procs[0].wait(60)
         # the guard stops the group: SIGTERM, SIGKILL after its grace
-        assert _gone_within(tree, GUARD_GRACE + 20) == {}
+        assert still_running(tree, GUARD_GRACE + 20) == []
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=2)
         log = tmp_path / "second.log"

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import optuna
 import pytest
 import sqlalchemy as sa
-from helpers import (RENDEZVOUS, PostgresCluster, alive, descendants, free_port, postgres_database, recorded_test_metrics,
-                     rendezvous, fail_without_postgres, study_dict, watch_study, write_study)
+from helpers import (RENDEZVOUS, PostgresCluster, descendants, free_port, postgres_database, recorded_test_metrics,
+                     rendezvous, fail_without_postgres, still_running, study_dict, watch_study, write_study)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -290,10 +290,7 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     out = _finish(proc, timeout=60)
     assert proc.returncode == 130, out
     assert "Traceback" not in out
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in workers if alive(p)], "orphan worker processes"
+    assert still_running(workers, 10) == [], "orphan worker processes"
 
     trials = _study(optuna_pg, "ctrlc").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]

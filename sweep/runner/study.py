@@ -299,13 +299,12 @@ def run(
         n_trials -= before.trials
     cfg = _config_for(study, stores)
     engine, device = backend.describe()  # imports it: 3-4 s for TensorFlow, once, before the first trial
-    with _quiet("sweep.data") if before is not None else _held("sweep.data") as said:  # said once, by the first
+    with _quiet("sweep.data") if before is not None else _held("sweep.data"):  # said once, by the first
         data = dataset if dataset is not None else data_mod.load(cfg.dataset, cfg.source)
         cfg.model.check_output(data.num_classes, data.labels, cfg.source)  # an output that cannot fit the target
         # the first line, once the data is good: bad input stays one line (the error's)
         (log.info if before is None else log.debug)("keras %s on %s, %s (%s)", _keras_version(), engine, device,
                                                      chosen.why)
-        said()
     p = prepare(cfg, stores, workers)
     worked = False
     try:
@@ -328,42 +327,40 @@ def _keras_version() -> str:
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[Callable[[], None]]:
+def _quiet(logger: str) -> Iterator[None]:
     """`logger`'s INFO lines at DEBUG for a while (shown with -v only)."""
     target = logging.getLogger(logger)
     old = target.level
     target.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     try:
-        yield lambda: None
+        yield
     finally:
         target.setLevel(old)
 
 
 @contextlib.contextmanager
-def _held(logger: str) -> Iterator[Callable[[], None]]:
-    """`logger`'s lines held back until the caller says them (the callable it is given), and
-    dropped should the block raise: its error is then the only line."""
+def _held(logger: str) -> Iterator[None]:
+    """`logger`'s lines held back until the block ends, then said; dropped should the block
+    raise: its error is then the only line."""
     target, held = logging.getLogger(logger), []
 
     class Hold(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             held.append(record)
 
-    def say() -> None:
-        target.removeHandler(hold)
-        target.propagate = propagate
-        for record in held:
-            target.handle(record)
-        held.clear()
-
     hold, propagate = Hold(), target.propagate
     target.addHandler(hold)
     target.propagate = False
     try:
-        yield say
+        yield
+    except BaseException:
+        held.clear()
+        raise
     finally:
         target.removeHandler(hold)
         target.propagate = propagate
+    for record in held:
+        target.handle(record)
 
 
 def summarize(p: Prepared) -> None:
