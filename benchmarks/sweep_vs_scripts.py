@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_vs_scripts.py [--samples 12000] [--epochs 3] [--seeds 2] [--rounds 2]
         [--workers 2] [--postgres postgresql://postgres@127.0.0.1:5432/test]
-        [--pools postgres:2,sqlite:2,sqlite:1]
+        [--pools postgres:2,sqlite:2,sqlite:1] [--before DIR]
 
 The fixed study is the four tutorial variants (ReLU; Leaky ReLU 0.1; PReLU zeros; PReLU 0.25) x
 `--seeds` seeds x `--epochs` epochs on the first `--samples` images of real MNIST
@@ -12,7 +12,8 @@ The fixed study is the four tutorial variants (ReLU; Leaky ReLU 0.1; PReLU zeros
   each round; MLflow on SQLite), all callbacks, diagnostics and logging on; `--pools` runs it for
   each STORAGE:N given, `sqlite` being the embedded default (both stores SQLite files);
 - one trial, SQLite and HTTP: `sweep run` of the ReLU configuration alone, seed 0, once with both
-  stores on SQLite and once logging to a `sweep server` over HTTP, against the ReLU script.
+  stores on SQLite and once logging to a `sweep server` over HTTP, against the ReLU script; with
+  `--before DIR` the SQLite one also with the code of DIR, an earlier commit's checkout.
 Reported (medians over rounds): per-epoch seconds of a full sweep trial vs the script's (epoch 1,
 which traces the graph, left out); the fixed study's wall clock vs the scripts'; aggregate
 samples/s; the non-`fit` share of a trial's own time (Optuna's trial duration less its epochs)
@@ -101,8 +102,10 @@ def trials_of(storage: str, study: str) -> list[Any]:
     return out
 
 
-def sweep_run(study: Path, name: str, cwd: Path, storage: str, tracking: str, workers: int) -> dict[str, Any]:
-    env = {**ENV, "SWEEP_OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking}
+def sweep_run(study: Path, name: str, cwd: Path, storage: str, tracking: str, workers: int,
+              code: str | None = None) -> dict[str, Any]:
+    """`sweep run` in a fresh process, on this checkout's package or `code`, another checkout's."""
+    env = {**ENV, "SWEEP_OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": code or str(ROOT)}
     cmd = [sys.executable, "-m", "sweep", "run", str(study), *(["--workers", str(workers)] if workers > 1 else [])]
     wall, _ = timed(cmd, cwd, env)
     return {"wall": wall, "trials": trials_of(storage, name)}
@@ -125,6 +128,8 @@ def main() -> None:
     ap.add_argument("--pools", default=None, help="STORAGE:WORKERS,... (postgres or sqlite); default "
                                                   "postgres:--workers")
     ap.add_argument("--parts", default="scripts,pool,one", help="which to run (the report needs all three)")
+    ap.add_argument("--before", default=None, help="a checkout of an earlier commit (git worktree add DIR REV): "
+                                                   "the one-trial SQLite run also runs its code, alternating")
     args = ap.parse_args()
     parts = args.parts.split(",")
     pools = [(kind, int(n)) for kind, n in (p.split(":") for p in (args.pools or f"postgres:{args.workers}").split(","))]
@@ -139,13 +144,12 @@ def main() -> None:
     server = start_cli_server(["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                                "--artifacts-destination", str(tmp / "server-artifacts")], tmp, tmp / "server.log")
     wait_health(f"http://127.0.0.1:{port}", server, tmp / "server.log")
-    rows: dict[str, list[Any]] = {k: [] for k in ("scripts", "script1", "sqlite1", "http1",
+    rows: dict[str, list[Any]] = {k: [] for k in ("scripts", "script1", "sqlite1", "http1", "before1",
                                                   *(f"pool-{kind}-{n}" for kind, n in pools))}
     try:
         for r in range(args.rounds):
             work = tmp / f"round{r}"
             work.mkdir()
-            one_sqlite = study_file(work, f"one-sqlite{r}", npz, args.epochs, 1, configs[:1])
             one_http = study_file(work, f"one-http{r}", npz, args.epochs, 1, configs[:1])
             steps = ["scripts", "pool", "one"] if r % 2 == 0 else ["one", "pool", "scripts"]
             for step in [s for s in steps if s in parts]:
@@ -164,9 +168,11 @@ def main() -> None:
                             drop()
                 else:
                     rows["script1"].append(scripts(npz, args.epochs, 1, work, only="relu"))
-                    rows["sqlite1"].append(sweep_run(one_sqlite, f"one-sqlite{r}", work,
-                                                     f"sqlite:///{work / 'one-optuna.db'}",
-                                                     f"sqlite:///{work / 'one-mlflow.db'}", 1))
+                    codes = [("sqlite1", None), *([("before1", args.before)] if args.before else [])]
+                    for key, code in codes if r % 2 == 0 else codes[::-1]:
+                        one = study_file(work, f"{key}-{r}", npz, args.epochs, 1, configs[:1])
+                        rows[key].append(sweep_run(one, f"{key}-{r}", work, f"sqlite:///{work / f'{key}-optuna.db'}",
+                                                   f"sqlite:///{work / f'{key}-mlflow.db'}", 1, code))
                     rows["http1"].append(sweep_run(one_http, f"one-http{r}", work,
                                                    f"sqlite:///{work / 'http-optuna.db'}",
                                                    f"http://127.0.0.1:{port}", 1))
@@ -196,6 +202,10 @@ def main() -> None:
                   f"non-fit share of the trial {share:.1%} ({outside:.2f} s); of the process {process:.1%} (script's process: "
                   f"{script_process:.1%}); process {med(s['wall'] for s in rows[key]):.1f} s vs script "
                   f"{med(s['wall'] for s in rows['script1']):.1f} s")
+        for key, label in (("sqlite1", "this code"), *((("before1", f"before ({args.before})"),) if args.before else ())):
+            # outside the trial: the whole process less Optuna's duration of its one trial
+            print(f"one trial, SQLite, {label}: process {med(s['wall'] for s in rows[key]):.1f} s, of which outside "
+                  f"the trial {med(s['wall'] - s['trials'][0]['duration'] for s in rows[key]):.2f} s")
     if "scripts" in parts and "pool" in parts:
         scripts_wall = med(s["wall"] for s in rows["scripts"])
         fitted = int(args.samples * 0.8) * args.epochs * n_runs

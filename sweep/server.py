@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
-from sweep.storage import Stores, check_database, check_separate, db_url, mask, scheme
+from sweep.storage import Stores, check_database, check_separate, db_url, mask, scheme, seed_tracking
 
 if TYPE_CHECKING:
     from sweep.config import ServerSettings
@@ -177,6 +177,8 @@ def upgrade_schemas(backend_store_uri: str, optuna_storage: str | None) -> str:
     if optuna_storage:
         # before either schema is written: both keep alembic's `alembic_version` table
         check_separate(Stores(optuna=db_url(optuna_storage), tracking=db_url(backend_store_uri)))
+    if scheme(backend_store_uri) == "sqlite":  # before anything connects (which makes an empty file)
+        seed_tracking(db_url(backend_store_uri))  # a copy of the migrated schema; `migrate` checks it
     backend = _check_backend(backend_store_uri)
     migrate(backend, optuna_storage)
     return backend

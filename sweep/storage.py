@@ -303,6 +303,73 @@ def write_ahead(stores: Stores) -> None:
         log.debug("SQLite %s: journal mode %s", path, mode)
 
 
+def seed_tracking(url: str) -> None:
+    """A new MLflow SQLite store starts as a copy of an empty, fully migrated one.
+
+    Why: MLflow makes a new store by running every alembic migration since its first schema,
+    3-4 s on a 2-core CPU, the largest part of a one-trial `sweep run`'s own start-up and paid by
+    every test on a fresh folder (benchmarks/README.md); the result is the same file for every new
+    store of one MLflow version. The first new store on a machine runs MLflow's own initialisation
+    (what `SqlAlchemyStore` runs on an empty database) into a cache file named by MLflow's version;
+    later ones copy it, whole (a link, never over a file another process made meanwhile). MLflow
+    checks the schema of what it opens as for any store. A store that exists (or its log), a URL
+    that is not an SQLite file, or no cache to write leaves the store to MLflow, as before."""
+    path = sqlite_path(url)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    if any(path.with_name(path.name + end).exists() for end in ("-wal", "-journal")):
+        return  # a deleted store's log, which SQLite would replay into an identical new file
+    template = _tracking_template()
+    if template is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        import shutil
+
+        shutil.copyfile(template, tmp)
+        os.link(tmp, path)  # fails if `path` exists: another process made the store first
+        log.debug("MLflow store %s: a copy of %s", path, template)
+    except OSError as e:
+        log.debug("MLflow store %s left to MLflow: %s", path, e)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def cache_dir() -> Path:
+    """This machine's sweep cache: `$XDG_CACHE_HOME/sweep` (`~/.cache/sweep`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep"
+
+
+def _tracking_template() -> Path | None:
+    """An empty MLflow SQLite store at the schema this MLflow creates, made once per version."""
+    import mlflow
+
+    cache = cache_dir()
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if template.is_file():
+        return template
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.new")
+    try:
+        import sqlalchemy as sa
+        from mlflow.store.db import utils
+
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        engine = sa.create_engine(f"sqlite:///{tmp}")
+        try:
+            utils._initialize_tables(engine)  # MLflow's own: create_all of its first schema + upgrade
+        finally:
+            engine.dispose()
+        os.replace(tmp, template)
+        return template
+    except Exception as e:  # noqa: BLE001 - no cache is no error: MLflow makes the store itself
+        log.debug("no MLflow store template in %s: %s", cache, e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return None
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of an `sqlite:///...` URL; None for in-memory databases and other URLs."""
     u = parse_url(url)

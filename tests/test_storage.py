@@ -376,3 +376,65 @@ def test_study_lock_makes_a_second_process_wait_for_the_first(backend: str, tmp_
         if drop is not None:
             drop()
     assert lines() == ["a trying", "a holds", "b trying", "a releases", "b holds", "b releases"]
+
+
+def _schema(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """An SQLite file's tables and indexes as created, and its alembic revision."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        made = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").fetchall()
+        rev = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+    return made, rev
+
+
+def test_a_new_mlflow_store_is_mlflows_own_schema_without_its_migrations(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ours, theirs = tmp_path / "ours.db", tmp_path / "theirs.db"
+    MlflowClient(f"sqlite:///{theirs}").search_experiments()  # MLflow makes this one: every migration
+    storage.seed_tracking(f"sqlite:///{ours}")
+    templates = list((tmp_path / "cache" / "sweep").glob("mlflow-*-empty.db"))
+    assert len(templates) == 1 and ours.is_file()
+    assert _schema(ours) == _schema(theirs)
+    assert _schema(ours)[1] and not list(tmp_path.glob(".*.new")), "a revision, and no temporary file left"
+    client = MlflowClient(f"sqlite:///{ours}")  # MLflow opens it as its own (it checks the revision)
+    run = client.create_run(client.create_experiment("x"))
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+
+    # a second store copies the template, which stays empty
+    other = tmp_path / "other.db"
+    storage.seed_tracking(f"sqlite:///{other}")
+    assert _schema(other) == _schema(theirs)
+    assert MlflowClient(f"sqlite:///{other}").search_runs(["0"]) == []
+
+
+def test_an_existing_store_or_its_log_is_never_touched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    existing = tmp_path / "existing.db"
+    existing.write_bytes(b"")  # an empty file: MLflow's, not ours, to fill
+    storage.seed_tracking(f"sqlite:///{existing}")
+    assert existing.read_bytes() == b""
+    # a deleted store's write-ahead log: SQLite would replay it into an identical new file
+    (tmp_path / "gone.db-wal").write_bytes(b"x")
+    storage.seed_tracking(f"sqlite:///{tmp_path / 'gone.db'}")
+    assert not (tmp_path / "gone.db").exists()
+    storage.seed_tracking(f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}")
+    assert not (tmp_path / "no-such-folder").exists()
+    storage.seed_tracking("postgresql://u:p@127.0.0.1:1/x")  # not a file: nothing to do, nothing tried
+
+
+def test_no_cache_to_write_leaves_the_store_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    store = tmp_path / "store.db"
+    storage.seed_tracking(f"sqlite:///{store}")
+    assert not store.exists()
+    MlflowClient(f"sqlite:///{store}").create_experiment("y")  # MLflow's own migrations, as before
+    assert _schema(store)[1]

@@ -305,6 +305,8 @@ def run(
         # the first line, once the data is good: bad input stays one line (the error's)
         (log.info if before is None else log.debug)("keras %s on %s, %s (%s)", _keras_version(), engine, device,
                                                      chosen.why)
+    if handover.supervised():
+        _settle()
     p = prepare(cfg, stores, workers)
     worked = False
     try:
@@ -318,6 +320,22 @@ def run(
         # a database serves all workers with a bounded number of connections
         p.rdb.engine.dispose()
     return p.study
+
+
+def _settle() -> None:
+    """In a trial process that sweep started (never in a caller's own Python), the libraries'
+    objects, all imported by now, are frozen out of the garbage collector's walks (gc.freeze).
+    The interpreter's last collections at exit walked every object TensorFlow, MLflow and Optuna
+    made, 1-2 s of each process on a 2-core CPU (benchmarks/README.md, start-up); each full
+    collection between trials walked them too. What comes after (stores, models, trials) is
+    collected as before."""
+    import gc
+
+    import optuna  # noqa: F401 - frozen too; its storage's connections are closed explicitly (`run`)
+
+    # not MLflow: its stores keep their engines in class attributes, which only the collection at
+    # exit closes (a frozen one would leave SQLite's -wal file beside the store)
+    gc.freeze()
 
 
 def _keras_version() -> str:

@@ -31,14 +31,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sweep.storage import mask
+from sweep.storage import cache_dir, mask
 
 log = logging.getLogger(__name__)
 
 
 def root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "sweep" / "outbox"
+    return cache_dir() / "outbox"
 
 
 def _folder(storage: str, study: str) -> Path:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError
 from sweep.record import RUN_ID
-from sweep.storage import _first_line, mask, tracking_artifact_location
+from sweep.storage import _first_line, mask, seed_tracking, tracking_artifact_location
 from sweep.tracking import model_code, outbox
 from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
 
@@ -174,6 +174,7 @@ class Tracker:
         self.uri = tracking_uri
         self.study_name = study_name
         self.storage = storage
+        seed_tracking(tracking_uri)  # a new SQLite store without MLflow's 3-4 s of migrations
         # mlflow's model logging goes through the fluent API, which reads the global URI
         mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
