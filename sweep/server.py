@@ -177,8 +177,8 @@ def upgrade_schemas(backend_store_uri: str, optuna_storage: str | None) -> str:
     if optuna_storage:
         # before either schema is written: both keep alembic's `alembic_version` table
         check_separate(Stores(optuna=db_url(optuna_storage), tracking=db_url(backend_store_uri)))
-    if scheme(backend_store_uri) == "sqlite":  # before anything connects (which makes an empty file)
-        seed_tracking(db_url(backend_store_uri))  # a copy of the migrated schema; `migrate` checks it
+    # before anything connects (which makes an empty file); `migrate` then checks the copy
+    seed_tracking(backend_store_uri)
     backend = _check_backend(backend_store_uri)
     migrate(backend, optuna_storage)
     return backend

@@ -322,15 +322,24 @@ def seed_tracking(url: str) -> None:
     template = _tracking_template()
     if template is None:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     try:
         import shutil
 
-        shutil.copyfile(template, tmp)
-        os.link(tmp, path)  # fails if `path` exists: another process made the store first
+        with _scratch(path) as tmp:
+            shutil.copyfile(template, tmp)
+            os.link(tmp, path)  # fails if `path` exists: another process made the store first
         log.debug("MLflow store %s: a copy of %s", path, template)
     except OSError as e:
         log.debug("MLflow store %s left to MLflow: %s", path, e)
+
+
+@contextlib.contextmanager
+def _scratch(final: Path) -> Iterator[Path]:
+    """A temporary file beside `final` (one filesystem: it can be linked or renamed into place),
+    removed afterwards whatever happened."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.new")
+    try:
+        yield tmp
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -349,24 +358,22 @@ def _tracking_template() -> Path | None:
     template = cache / f"mlflow-{mlflow.__version__}-empty.db"
     if template.is_file():
         return template
-    tmp = template.with_name(f".{template.name}.{os.getpid()}.new")
     try:
         import sqlalchemy as sa
         from mlflow.store.db import utils
 
         cache.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        engine = sa.create_engine(f"sqlite:///{tmp}")
-        try:
-            utils._initialize_tables(engine)  # MLflow's own: create_all of its first schema + upgrade
-        finally:
-            engine.dispose()
-        os.replace(tmp, template)
+        with _scratch(template) as tmp:
+            tmp.unlink(missing_ok=True)  # left by a dead process of the same pid
+            engine = sa.create_engine(f"sqlite:///{tmp}")
+            try:
+                utils._initialize_tables(engine)  # MLflow's own: create_all of its first schema + upgrade
+            finally:
+                engine.dispose()
+            os.replace(tmp, template)
         return template
     except Exception as e:  # noqa: BLE001 - no cache is no error: MLflow makes the store itself
         log.debug("no MLflow store template in %s: %s", cache, e)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         return None
 
 
