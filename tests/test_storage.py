@@ -378,14 +378,20 @@ def test_study_lock_makes_a_second_process_wait_for_the_first(backend: str, tmp_
     assert lines() == ["a trying", "a holds", "b trying", "a releases", "b holds", "b releases"]
 
 
-def _schema(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """An SQLite file's tables and indexes as created, and its alembic revision."""
+def _schema(path: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """An SQLite file's tables and indexes as created, and its alembic revision.
+
+    Each statement is kept as its sorted lines: MLflow's own migrations write a table's
+    constraints in an order that follows the process's string hashing (two stores MLflow made
+    with PYTHONHASHSEED 1 and 2 differ in where one CHECK line sits), so the same schema can be
+    spelled in either order.
+    """
     import sqlite3
 
     with sqlite3.connect(path) as conn:
         made = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").fetchall()
         rev = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
-    return made, rev
+    return [(name, sorted(line.strip().rstrip(",") for line in sql.splitlines())) for name, sql in made], rev
 
 
 def test_a_new_mlflow_store_is_mlflows_own_schema_without_its_migrations(tmp_path: Path,
