@@ -25,5 +25,14 @@ class ServiceError(SweepError):
     exit_code = 3
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """What a one-line error says of its cause: the first non-blank line of the exception's message
+    (at most `limit` characters; the database driver's where SQLAlchemy wraps one), else the
+    exception's type name, for a message that is empty, such as TimeoutError()'s, has no first line."""
+    e = getattr(e, "orig", None) or e  # SQLAlchemy wraps the driver's own message, without its SQL
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return text[:limit] if text else type(e).__name__
+
+
 class TrialFailed(Exception):
     """A trial failed for a reason recorded on the trial (NaN loss, OOM, ...); the sweep goes on."""

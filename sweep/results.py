@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sweep import ranking
 from sweep import record as obj
 from sweep.runner import confirm
-from sweep.errors import SweepError
+from sweep.errors import SweepError, first_line
 from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
 from sweep.storage import mask, resolve
@@ -310,7 +310,7 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
                              f"{cfg.tracking.keep_models} best trials keep theirs (tracking.keep_models: "
                              f"{cfg.tracking.keep_models}; set it to `all` to keep every one)") from None
         raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
-                         f"{mask(tracking)} failed: {mask(str(e).splitlines()[0]).rstrip('.')}. "
+                         f"{mask(tracking)} failed: {mask(first_line(e)).rstrip('.')}. "
                          "Pass the tracking_uri the study was run with.") from None
     finally:
         mlflow.set_tracking_uri(before)
@@ -340,7 +340,7 @@ def promote(study: str, trial: int | None = None, storage: str | None = None,
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, requests errors
         raise SweepError(f"registering the model of study {study!r} in {mask(tracking)} failed: "
-                         f"{mask(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+                         f"{mask(first_line(e))}") from None
     values = dict(zip(cfg.search.metrics, t.values))
     return {"name": study, "version": int(version.version), "alias": registry.ALIAS, "trial": t.number,
             "value": t.values[0] if len(values) == 1 else values, "model_uri": f"models:/{study}@{registry.ALIAS}",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import quote, unquote
 
-from sweep.errors import ConfigError, ServiceError
+from sweep.errors import ConfigError, ServiceError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -187,9 +187,9 @@ def resolve(
 ) -> Stores:
     """Resolve both stores, highest first: argument (CLI flag) > environment variable >
     mlflow.yaml > SQLite files in the working directory."""
-    where = os.environ.get(ENV_CONFIG) or config or DEFAULT_CONFIG
+    where = _settings_file(config)  # what is read is what the `-v` line names
     # no settings file: nothing to validate (and no pydantic import for `sweep best`)
-    s = settings(config) if _settings_file(config) else None
+    s = settings(where) if where else None
     optuna_url, optuna_from = _first((storage, "--storage"), (os.environ.get(ENV_OPTUNA), f"${ENV_OPTUNA}"),
                                      (s and s.optuna_storage, f"{where} optuna_storage"),
                                      (_sqlite_file(DEFAULT_OPTUNA_DB), "the default"))
@@ -224,7 +224,7 @@ def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.s
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         # Optuna wraps a connection the database dropped mid-check (its schema check's commit) in
         # StorageInternalError, whose own message blames the data (tests/chaos.py: a traceback)
-        reason = _first_line(e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__
+        reason = first_line(e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__
                              else e)
         raise ServiceError(
             f"cannot open the Optuna storage {mask(url)}: {mask(reason)}. Check that the database "
@@ -251,16 +251,11 @@ def _advisory_lock(engine: Any, key: int, url: str, wait: float) -> Any:
             if left <= 0:
                 waited = f" for {wait:g} s (workers.storage_outage)" if wait else ""
                 raise ServiceError(
-                    f"the Optuna storage {mask(url)} has been unreachable{waited} ({mask(_first_line(e))}); "
+                    f"the Optuna storage {mask(url)} has been unreachable{waited} ({mask(first_line(e))}); "
                     "stopping. Finished trials are saved: run the same command again once the database is back."
                 ) from None
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
-
-
-def _first_line(e: BaseException) -> str:
-    """The driver's own message (SQLAlchemy wraps it in `orig`), first line only."""
-    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
 
 
 def scheme(url: str) -> str:
@@ -484,7 +479,7 @@ def check_database(url: str, what: str) -> None:
         with engine.connect():
             pass
     except Exception as e:  # noqa: BLE001
-        reason = _first_line(e)
+        reason = first_line(e)
         raise ServiceError(
             f"cannot connect to the {what} at {mask(url)}: {mask(reason)}. Check that the database "
             "server is running and the URL (user, password, host, port, database) is right."

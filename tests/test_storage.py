@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -243,12 +244,16 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path, monkeyp
     assert storage.resolve("sqlite:///flag.db", "http://flag:5000") == storage.Stores("sqlite:///flag.db", "http://flag:5000")
 
 
-def test_config_path_from_env_and_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_from_env_and_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "team.yaml").write_text("tracking_uri: http://team:5000\n")
     monkeypatch.setenv("SWEEP_CONFIG", str(tmp_path / "team.yaml"))
     assert storage.resolve().tracking == "http://team:5000"
     (tmp_path / "other.yaml").write_text("tracking_uri: http://other:5000\n")
-    assert storage.resolve(config=tmp_path / "other.yaml").tracking == "http://other:5000"
+    with caplog.at_level(logging.DEBUG, logger="sweep.storage"):
+        assert storage.resolve(config=tmp_path / "other.yaml").tracking == "http://other:5000"
+    # the `-v` line names the file that was read, not $SWEEP_CONFIG's (it did)
+    assert f"from {tmp_path / 'other.yaml'} tracking_uri" in caplog.text and "team.yaml" not in caplog.text
 
 
 def test_settings_expand_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -357,3 +357,22 @@ def test_experiment_opens_as_model_training_in_the_mlflow_ui(tmp_path: Path) -> 
     for name in ("older", "fresh"):
         Tracker(uri, name)
         assert client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") == "custom_model_development"
+
+
+def test_an_exception_without_a_message_still_makes_one_clean_line(tmp_path: Path) -> None:
+    # four handlers took `str(e).splitlines()[0]`, which raised IndexError on TimeoutError() inside
+    # the very code meant to print one line
+    from sweep.errors import first_line
+
+    assert first_line(TimeoutError()) == "TimeoutError"
+    assert first_line(ValueError("  \n\n  the cause \nmore")) == "the cause"
+    assert first_line(RuntimeError("x" * 500)) == "x" * 300
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    try:
+        tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s")
+        message = str(tracker._fail("opening the experiment", TimeoutError()))
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert "opening the experiment failed: TimeoutError." in message and "\n" not in message

@@ -19,7 +19,7 @@ import numpy as np
 
 from sweep import diagnostics
 from sweep.analysis.compare import compare_study, format_comparison, trial_samples
-from sweep.errors import SweepError
+from sweep.errors import SweepError, first_line
 from sweep.models import activation_layers
 from sweep.plots import save_with_legend_below
 from sweep.storage import mask, resolve
@@ -284,7 +284,7 @@ def report(study: str, out: str | Path | None = None, storage: str | None = None
         alphas = _alphas(client, frame, run_ids)
     except Exception as e:  # mlflow raises MlflowException, requests and SQLAlchemy errors
         raise SweepError(f"reading study {study!r}'s runs from MLflow at {mask(stores.tracking)} failed: "
-                         f"{mask(str(e).splitlines()[0])}. Pass the --tracking-uri the study was run with.") from None
+                         f"{mask(first_line(e))}. Pass the --tracking-uri the study was run with.") from None
     plt = pyplot()
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(hist)}
     band = "mean over repeats, band ± 1 std"

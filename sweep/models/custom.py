@@ -32,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
+from sweep.errors import first_line
+
 PACKAGE = "sweep"  # registered names are `sweep>` + the activation's name
 _LOADED: dict[tuple[str, str], Custom] = {}  # (name, working directory) -> what it names
 _CHECKED: set[tuple[str, str]] = set()
@@ -59,9 +61,9 @@ def _fail(name: str, why: str) -> CustomActivationError:
     return CustomActivationError(f"custom activation {name!r}: {why}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+def _named(e: BaseException) -> str:
+    text = first_line(e)
+    return text if text == type(e).__name__ else f"{type(e).__name__}: {text}"
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -113,7 +115,7 @@ def _import_file(name: str, where: str, path: Path) -> ModuleType:
             spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:
         sys.modules.pop(mod_name, None)
-        raise _fail(name, f"importing {where} failed: {_first_line(e)}") from None
+        raise _fail(name, f"importing {where} failed: {_named(e)}") from None
     return module
 
 
@@ -125,9 +127,9 @@ def _import_module(name: str, where: str) -> ModuleType:
         if e.name and (where == e.name or where.startswith(e.name + ".")):
             raise _fail(name, f"no module named {e.name!r} (looked in the working directory {Path.cwd()} and "
                               "sys.path); expected an importable module, or a path/to/file.py") from None
-        raise _fail(name, f"importing {where} failed: {_first_line(e)}") from None
+        raise _fail(name, f"importing {where} failed: {_named(e)}") from None
     except (Exception, SystemExit) as e:
-        raise _fail(name, f"importing {where} failed: {_first_line(e)}") from None
+        raise _fail(name, f"importing {where} failed: {_named(e)}") from None
 
 
 def _candidates(module: ModuleType) -> list[str]:
@@ -245,13 +247,13 @@ def check(name: str) -> Custom:
         try:
             act = layer(name, "probe")
         except Exception as e:  # noqa: BLE001 - the user's constructor may raise anything
-            raise _fail(name, f"{c.obj.__name__}(name='probe') failed: {_first_line(e)}; a custom activation "
+            raise _fail(name, f"{c.obj.__name__}(name='probe') failed: {_named(e)}; a custom activation "
                               "takes no parameters, and Keras passes name=, trainable=, dtype= when it loads "
                               "a model: give __init__ **kwargs and pass them to super().__init__(**kwargs)") from None
         try:
             out = keras.ops.convert_to_numpy(act(x))
         except Exception as e:  # noqa: BLE001
-            raise _fail(name, f"calling it on a tensor of shape {shape} failed: {_first_line(e)}") from None
+            raise _fail(name, f"calling it on a tensor of shape {shape} failed: {_named(e)}") from None
         if tuple(out.shape) != shape:
             raise _fail(name, f"an activation keeps its input's shape; on a tensor of shape {shape} it "
                               f"returned shape {tuple(out.shape)}")
@@ -261,7 +263,7 @@ def check(name: str) -> Custom:
         except Exception as e:  # noqa: BLE001
             fix = (" (give __init__ **kwargs and pass them to super().__init__(**kwargs); override get_config "
                    "for arguments of your own)" if c.kind == "layer" else "")
-            raise _fail(name, f"Keras cannot save and load it back: {_first_line(e)}{fix}") from None
+            raise _fail(name, f"Keras cannot save and load it back: {_named(e)}{fix}") from None
     _CHECKED.add(key)
     return c
 

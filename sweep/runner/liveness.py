@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import optuna
 from optuna.storages import RDBStorage
 
-from sweep.errors import ServiceError
+from sweep.errors import ServiceError, first_line
 from sweep.storage import mask
 
 if TYPE_CHECKING:
@@ -112,9 +112,7 @@ def _retry(self: ResilientRDBStorage, method: Callable[..., T], args: Any, kwarg
 
 
 def _reason(e: BaseException) -> str:
-    from sweep.storage import _first_line
-
-    return mask(_first_line(e.__cause__ or e))
+    return mask(first_line(e.__cause__ or e))
 
 
 class ResilientRDBStorage(RDBStorage):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 from sweep import config as config_mod
 from sweep import data as data_mod
 from sweep import backend, ranking, search
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, first_line
 from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, TARGET_ATTR, load_study,  # noqa: F401 (re-exported)
                           name_metrics, stored_config)
 from sweep.runner import handover
@@ -430,7 +430,7 @@ def _tag_search(p: Prepared) -> None:
             p.tracker.client.set_tag(parent, CONFIRMED_BY, p.cfg.study)
     except Exception as e:  # noqa: BLE001 - MlflowException, SweepError: a tag, the next run writes it again
         log.warning("could not tag study %s's parent run with its confirmation %s: %s", search, p.cfg.study,
-                    mask(str(e).splitlines()[0] if str(e) else type(e).__name__))
+                    mask(first_line(e)))
 
 
 def _best_configuration(trials: list[optuna.trial.FrozenTrial], metric: str, direction: str
@@ -475,7 +475,7 @@ def _promote(p: Prepared) -> dict[str, str]:
             log.info("best model of study %s: models:/%s@%s, the confirmed winner", search, search, registry.ALIAS)
     except Exception as e:  # noqa: BLE001 - MlflowException, SweepError, requests errors
         log.warning("could not register the best model as %s@%s: %s; `sweep promote %s` tries again",
-                    p.cfg.study, registry.ALIAS, mask(str(e).splitlines()[0] if str(e) else type(e).__name__),
+                    p.cfg.study, registry.ALIAS, mask(first_line(e)),
                     p.cfg.study)
         return {}
     if changed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sweep.errors import SweepError
+from sweep.errors import SweepError, first_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -94,7 +94,7 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
                                               model_id=model_id)
     except MlflowException as e:
         raise SweepError(f"registering the model of trial {trial.number} ({model_uri}) as {study!r} failed: "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     client.set_registered_model_alias(study, ALIAS, version.version)
     log.debug("registered model %s version %s (trial %d, %s) is now @%s", study, version.version,
              trial.number, ", ".join(f"{m}={v}" for m, v in zip(metrics, values)), ALIAS)

@@ -23,9 +23,9 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
-from sweep.errors import ServiceError
+from sweep.errors import ServiceError, first_line
 from sweep.record import RUN_ID
-from sweep.storage import _first_line, mask, seed_tracking, tracking_artifact_location
+from sweep.storage import mask, seed_tracking, tracking_artifact_location
 from sweep.tracking import model_code, outbox
 from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
 
@@ -185,7 +185,7 @@ class Tracker:
 
     def _fail(self, what: str, e: Exception) -> ServiceError:
         return ServiceError(
-            f"MLflow tracking at {mask(self.uri)}: {what} failed: {mask(str(e).splitlines()[0])}. "
+            f"MLflow tracking at {mask(self.uri)}: {what} failed: {mask(first_line(e))}. "
             "Check that the tracking server or database is reachable and the URI is right."
         )
 
@@ -400,7 +400,7 @@ class Tracker:
             return stuck
         except Exception as e:  # noqa: BLE001 - the server is away again: sync replays it later
             log.warning("MLflow at %s: the runs of finished trials could not be replayed (%s); `sweep sync %s` "
-                        "does it", mask(self.uri), _first_line(e), self.study_name)
+                        "does it", mask(self.uri), first_line(e), self.study_name)
             return []
 
     def _replay(self, trials: set[int] | None) -> Collection[int]:

@@ -21,6 +21,8 @@ import time
 from collections import deque
 from typing import Callable, Collection
 
+from sweep.errors import first_line
+
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 10_000  # operations; an epoch's metrics are one operation
@@ -167,15 +169,15 @@ class Sender:
             try:
                 op.fn()
             except Exception as e:  # noqa: BLE001 - whatever the client raises, training goes on
-                first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                reason = first_line(e)
                 if _permanent(e, attempts):
                     with self._cv:
-                        self._give_up(op, first_line)
+                        self._give_up(op, reason)
                     return
                 with self._cv:
                     if self.healthy:
                         log.warning("MLflow unreachable (%s): %s; logging is queued and retried in the "
-                                    "background, training goes on", op.what, first_line)
+                                    "background, training goes on", op.what, reason)
                     self.healthy = False
                     self._cv.notify_all()  # release waiters: nobody waits on an outage
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempts - 1))
@@ -202,7 +204,7 @@ class Sender:
         except Exception as e:  # noqa: BLE001 - a failed replay is tried again after the next drain
             with self._cv:
                 self._dirty = True
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            reason = first_line(e)
             log.warning("MLflow: replaying trial(s) %s failed: %s; `sweep sync %s` will do it",
                         "all" if trials is None else sorted(trials), reason, self.name)
             return

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Sequence
 
-from sweep.errors import ServiceError, SweepError
+from sweep.errors import ServiceError, SweepError, first_line
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve, study_lock
@@ -70,7 +70,7 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
     except Exception as e:  # noqa: BLE001 - MlflowException, requests, SQLAlchemy errors
         raise ServiceError(
             f"sweep sync {study}: writing to MLflow at {mask(stores.tracking)} failed after "
-            f"{replica.counts['trials']} trial(s): {mask((str(e).strip().splitlines() or [type(e).__name__])[0])}. "
+            f"{replica.counts['trials']} trial(s): {mask(first_line(e))}. "
             "Check that the tracking server is reachable and run the same command again (it resumes)."
         ) from None
     log.debug("sync %s: %s", study, {k: v for k, v in replica.counts.items() if k != "synced"})
@@ -120,7 +120,7 @@ class _Replica:
                 self.datasets = dataset_inputs(load(self.dataset, f"the stored config of {self.tracker.study_name}"))
             except Exception as e:  # noqa: BLE001 - the file is gone, a download is offline: not fatal here
                 log.warning("sync: the runs' dataset inputs are not replayed, dataset %r cannot be loaded: %s",
-                            self.dataset.name, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                            self.dataset.name, first_line(e))
                 self.datasets = []
         return self.datasets
 
