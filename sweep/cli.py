@@ -112,12 +112,38 @@ def _setup_logging(verbose: bool, console: bool = False) -> None:
             lambda r: "triggered tf.function retracing" not in r.getMessage())
 
 
+_debug = False  # `sweep --debug COMMAND`: the traceback behind each one-line error
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="print the full traceback (with the library "
+                                        "error it began as) above an error's one line, for a bug report")) -> None:
+    global _debug
+    _debug = debug
+
+
+def _traceback(e: BaseException) -> None:
+    """The whole chain, including what `raise ... from None` hides from users: the library's own
+    error that the one line was made from."""
+    import traceback
+
+    from sweep.storage import mask
+
+    suppressed, e.__suppress_context__ = e.__suppress_context__, False
+    try:
+        typer.echo(mask("".join(traceback.format_exception(e))).rstrip("\n"), err=True)  # a driver's message may hold a URL
+    finally:
+        e.__suppress_context__ = suppressed
+
+
 @contextlib.contextmanager
 def _guard() -> Iterator[None]:
-    """User and service errors: one clean message and exit code, no traceback."""
+    """User and service errors: one clean message and exit code, no traceback (but with --debug)."""
     try:
         yield
     except SweepError as e:
+        if _debug:
+            _traceback(e)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
@@ -235,7 +261,7 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
             env[ENV_OPTUNA] = storage
         if tracking_uri:
             env[ENV_TRACKING] = tracking_uri
-        argv = [*argv, *(["--n-trials", str(n_trials)] if n_trials else []),
+        argv = [*(["--debug"] if _debug else []), *argv, *(["--n-trials", str(n_trials)] if n_trials else []),
                 *(["--threads-per-worker", str(threads)] if threads else []),
                 *(["--config", config] if config else []), *(["-v"] if verbose else [])]
         with _stopping():
@@ -272,7 +298,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             code = 0
         else:
             # the parent's view of its workers: their trials in one live footer on a terminal
-            code = run_workers(p.cfg.study, stores, workers, config, verbose, view=view(p, workers=workers),
+            code = run_workers(p.cfg.study, stores, workers, config, verbose, debug=_debug, view=view(p, workers=workers),
                                threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
             if p.tracker.replay_unfinished(p.study.get_trials(deepcopy=False)):

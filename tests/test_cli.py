@@ -64,3 +64,30 @@ def test_verbose_says_where_each_store_came_from(tmp_path: Path) -> None:
     assert (f"Optuna storage sqlite:///{db} (from --storage); MLflow tracking http://sweep:***@127.0.0.1:9/ "
             f"(from {settings} tracking_uri)") in loud.stderr, loud.stderr
     assert "s3cret" not in loud.stderr + loud.stdout
+
+
+def _sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=cwd)
+
+
+def test_debug_shows_the_traceback_behind_the_one_line(tmp_path: Path) -> None:
+    """`sweep --debug COMMAND`: the same one line and exit code, with the traceback above it down to
+    the library's own error (which users never see), passwords still hidden."""
+    from helpers import free_port
+
+    url = f"postgresql://sweep:s3cret@127.0.0.1:{free_port()}/nothing-listens"
+    plain = _sweep("trials", "s", "--storage", url, cwd=tmp_path)
+    debug = _sweep("--debug", "trials", "s", "--storage", url, cwd=tmp_path)
+    assert plain.returncode == debug.returncode == 3, plain.stderr
+    line = plain.stderr.strip()
+    assert line.startswith("error: cannot open the Optuna storage") and "\n" not in line
+    assert "Traceback" in debug.stderr and "psycopg2.OperationalError" in debug.stderr, debug.stderr
+    assert debug.stderr.strip().endswith(line) and "s3cret" not in debug.stderr
+    # through `sweep run`'s supervisor to the trial process it starts: a bad study file
+    (tmp_path / "bad.yaml").write_text("study: s\nsearch: {n_trials: 0}\n")
+    plain = _sweep("run", "bad.yaml", cwd=tmp_path)
+    debug = _sweep("--debug", "run", "bad.yaml", cwd=tmp_path)
+    assert plain.returncode == debug.returncode == 2, plain.stderr
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert "sweep.errors.ConfigError" in debug.stderr and debug.stderr.strip().endswith(plain.stderr.strip())

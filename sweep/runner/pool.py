@@ -77,7 +77,7 @@ def _env(stores: Stores, config: str | Path | None, name: str, threads: int | No
 
 
 def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
-                verbose: bool = False, view: View | None = None, threads: int | None = None,
+                verbose: bool = False, debug: bool = False, view: View | None = None, threads: int | None = None,
                 complete: Callable[[], bool] | None = None) -> int:
     """Start `workers` processes of `sweep worker STUDY` and wait for all, each with `threads`
     TensorFlow threads (default: the cores shared out). Returns an exit code: 0 when all finished,
@@ -89,7 +89,7 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
     if threads is None and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # else the user's, or the flag's
         threads = default_threads(workers)
-    cmd = [sys.executable, "-m", "sweep", "worker", study, *(["-v"] if verbose else [])]
+    cmd = [sys.executable, "-m", "sweep", *(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else [])]
     slots = []
     for i in range(workers):
         env = _env(stores, config, f"w{i}", threads)
