@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from sweep.data import Dataset
 
 
+
+def numeric(logs: dict[str, Any] | None) -> dict[str, float]:
+    """The numbers among an epoch's Keras logs, as plain floats computed now (on the caller's
+    thread, not later on a sender's): what every epoch callback records, shows or logs."""
+    out = {}
+    for k, v in (logs or {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
 @dataclass
 class Result:
     history: dict[str, list[float]]

@@ -18,7 +18,7 @@ from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRIC
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.storage import mask
 from sweep.tracking.runs import objective_metrics, run_label, short
-from sweep.training import train
+from sweep.training import numeric, train
 
 if TYPE_CHECKING:
     import optuna
@@ -74,8 +74,7 @@ def _epoch_recorder(trial: optuna.trial.Trial) -> Any:
             self.epochs: list[dict[str, float]] = []
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            self.epochs.append({k: float(v) for k, v in (logs or {}).items()
-                                if isinstance(v, (int, float)) or hasattr(v, "__float__")})
+            self.epochs.append(numeric(logs))
             trial.set_user_attr(EPOCH_METRICS, self.epochs)
 
     return EpochRecorder()

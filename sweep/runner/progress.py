@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from sweep.console import Console
+from sweep.training import numeric
 
 if TYPE_CHECKING:
     from sweep.config import SearchConfig
@@ -199,7 +200,7 @@ def callback(emit: Callable[[Event], None], trial: int, label: str, epochs: int,
             emit({"event": "trial", "trial": trial, "label": label, "epochs": epochs})
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+            metrics = numeric(logs)
             emit({"event": "epoch", "epoch": epoch, "metrics": metrics,
                   "seconds": metrics.get("epoch_seconds", 0.0)})
 
@@ -209,21 +210,12 @@ def callback(emit: Callable[[Event], None], trial: int, label: str, epochs: int,
             if now - self._last < BATCH_EVERY_SECONDS:
                 return
             self._last = now
-            loss = (logs or {}).get("loss")
             emit({"event": "batch", "step": batch + 1, "steps": self._steps,
-                  "loss": float(loss) if _is_number(loss) else None})
+                  "loss": numeric(logs).get("loss")})
 
         Progress.on_train_batch_end = on_train_batch_end  # only then does Keras call batch hooks
 
     return Progress()
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def trial_done(view: View, search: SearchConfig, worker: str) -> Callable[[Any, Any], None]:

@@ -28,6 +28,7 @@ from sweep.record import RUN_ID
 from sweep.storage import mask, seed_tracking, tracking_artifact_location
 from sweep.tracking import model_code, outbox
 from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
+from sweep.training import numeric
 
 if TYPE_CHECKING:
     import keras
@@ -527,7 +528,7 @@ class TrialRun:
 
         class MlflowEpochLogger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                trial_run._log_metrics(_numeric(logs or {}), epoch, f"epoch {epoch} metrics")
+                trial_run._log_metrics(numeric(logs), epoch, f"epoch {epoch} metrics")
 
         return MlflowEpochLogger()
 
@@ -630,7 +631,7 @@ class TrialRun:
 
     def log_extra(self, metrics: dict[str, float], files: list[Path], artifact_dir: str, step: int = 0) -> None:
         """Metrics computed after training (one `log_batch`) and files under `artifact_dir`."""
-        self._log_metrics(_numeric(metrics), step, f"{artifact_dir} metrics")
+        self._log_metrics(numeric(metrics), step, f"{artifact_dir} metrics")
         self._log_files(list(files), artifact_dir)
 
     def end(self, state: str, reason: str | None = None, value: float | Mapping[str, float] | None = None) -> None:
@@ -658,13 +659,3 @@ class TrialRun:
         self._send(close, f"closing the run as {state}", final=True)
 
 
-def _numeric(logs: dict[str, Any]) -> dict[str, float]:
-    """Plain floats (computed now, on the caller's thread) of every numeric value."""
-    out = {}
-    for k, v in logs.items():
-        if isinstance(v, (int, float)) or hasattr(v, "__float__"):
-            try:
-                out[k] = float(v)
-            except (TypeError, ValueError):
-                continue
-    return out
