@@ -100,29 +100,19 @@ class Sender:
 
     def wait(self, op: Op, timeout: float) -> bool:
         """Wait until `op` is sent, but not past `timeout` and not while MLflow is unreachable."""
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while not op.done and self.healthy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
+            self._cv.wait_for(lambda: op.done or not self.healthy, timeout)
             return op.sent
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` for the queue to drain. True if nothing is queued or was dropped."""
-        deadline = time.monotonic() + timeout
         if self.unsent and self.on_drained is not None:
             # the trials have ended by now: one more replay of what was given up
             with self._cv:
                 self._dirty = True
             self.submit(lambda: None, REPLAY)
         with self._cv:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
+            self._cv.wait_for(lambda: not (self._queue or self._busy), timeout)
             return not (self._queue or self._busy or self.unsent)
 
     def pending(self) -> tuple[int, list[int]]:
@@ -144,8 +134,7 @@ class Sender:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue:
-                    self._cv.wait()
+                self._cv.wait_for(lambda: self._queue)
                 op = self._queue[0]
                 self._busy = True
             self._send(op)
