@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -152,6 +153,19 @@ def _guard() -> Iterator[None]:
         raise typer.Exit(128 + getattr(e, "signum", 2)) from None
     except HandOver:
         raise typer.Exit(HANDOVER_EXIT) from None  # its supervisor starts a fresh process
+
+
+def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that reads or serves (no trials): its logging set up from `verbose`, then its
+    body inside the one error boundary (`_guard`)."""
+
+    @functools.wraps(fn)  # typer reads the parameters through __wrapped__
+    def command(*args: Any, **kwargs: Any) -> Any:
+        _setup_logging(kwargs.get("verbose", False))
+        with _guard():
+            return fn(*args, **kwargs)
+
+    return app.command()(command)
 
 
 @contextlib.contextmanager
@@ -399,7 +413,7 @@ def confirm(
         _done(run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config))
 
 
-@app.command()
+@_command
 def status(
     study: str = typer.Argument(..., help="study name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -408,15 +422,13 @@ def status(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Trials by state and by worker, running trials and their times, ETA."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.runner.status import format_status, status as study_status
+    from sweep.runner.status import format_status, status as study_status
 
-        st = study_status(study, storage=storage)
+    st = study_status(study, storage=storage)
     typer.echo(json.dumps(st.to_dict()) if as_json else format_status(st))
 
 
-@app.command()
+@_command
 def best(
     study: str = typer.Argument(..., help="study name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -428,11 +440,9 @@ def best(
     """The best configuration: with repeats, the best mean over seeds, tested against the others;
     otherwise the best trial. Value, activation params, MLflow run id; for a study of several
     metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.results import best_config
+    from sweep.results import best_config
 
-        cfg = best_config(study, storage=storage, tracking_uri=tracking_uri)
+    cfg = best_config(study, storage=storage, tracking_uri=tracking_uri)
     if as_json:
         typer.echo(json.dumps(cfg))
         return
@@ -446,7 +456,7 @@ def best(
     typer.echo(format_best(cfg))
 
 
-@app.command()
+@_command
 def promote(
     study: str = typer.Argument(..., help="study name"),
     trial: Optional[int] = typer.Option(None, "--trial", min=0,
@@ -460,11 +470,9 @@ def promote(
     """Register the best trial's model in the MLflow Model Registry under the study's name with the
     alias `best` (a study does it itself when it completes): load it with
     mlflow.pyfunc.load_model("models:/STUDY@best") or sweep.load_model(STUDY)."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.results import promote as promote_model
+    from sweep.results import promote as promote_model
 
-        out = promote_model(study, trial=trial, storage=storage, tracking_uri=tracking_uri)
+    out = promote_model(study, trial=trial, storage=storage, tracking_uri=tracking_uri)
     if as_json:
         typer.echo(json.dumps(out))
         return
@@ -477,7 +485,7 @@ def promote(
                f"{out['name']}, version {out['version']}, from {out['source']}")
 
 
-@app.command()
+@_command
 def trials(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,
@@ -485,11 +493,9 @@ def trials(
     verbose: bool = VerboseOpt,
 ) -> None:
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.results import trials_table
+    from sweep.results import trials_table
 
-        df = trials_table(study, storage=storage)
+    df = trials_table(study, storage=storage)
     typer.echo(df.to_string(index=False))
 
 
@@ -497,7 +503,7 @@ MetricOpt = typer.Option("test_accuracy", "--metric", help="test_accuracy, test_
 BaselineOpt = typer.Option(None, "--baseline", help="configuration to compare against [default: relu, else the first]")
 
 
-@app.command()
+@_command
 def compare(
     study: str = typer.Argument(..., help="study name"),
     metric: str = MetricOpt,
@@ -514,16 +520,14 @@ def compare(
 ) -> None:
     """Per configuration over repeats: mean, CI; vs baseline: difference, paired or Welch test, p raw and
     adjusted, effect size, minimum detectable difference."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.analysis.compare import compare as compare_configs, format_comparison
+    from sweep.analysis.compare import compare as compare_configs, format_comparison
 
-        result = compare_configs(study, storage=storage, metric=metric, baseline=baseline,
-                                 correction=correction, effect=effect)
+    result = compare_configs(study, storage=storage, metric=metric, baseline=baseline,
+                             correction=correction, effect=effect)
     typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
 
 
-@app.command()
+@_command
 def report(
     study: str = typer.Argument(..., help="study name"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="folder to write [default: reports/STUDY]"),
@@ -535,16 +539,14 @@ def report(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.analysis.report import report as write_report
+    from sweep.analysis.report import report as write_report
 
-        folder = write_report(study, out=out, storage=storage, tracking_uri=tracking_uri, metric=metric,
-                              baseline=baseline)
+    folder = write_report(study, out=out, storage=storage, tracking_uri=tracking_uri, metric=metric,
+                          baseline=baseline)
     typer.echo(str(folder / "report.md"))
 
 
-@app.command()
+@_command
 def server(
     config: Optional[str] = typer.Option(None, "--config", help="settings file [default ./mlflow.yaml]"),
     host: Optional[str] = typer.Option(None, "--host", help="interface to bind [server.host; default 127.0.0.1]"),
@@ -561,20 +563,18 @@ def server(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.server import serve
-        from sweep.storage import resolve, settings
+    from sweep.server import serve
+    from sweep.storage import resolve, settings
 
-        s = settings(config)
-        flags = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
-                 "artifacts_destination": artifacts_destination, "workers": workers}
-        server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
-        code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
+    s = settings(config)
+    flags = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
+             "artifacts_destination": artifacts_destination, "workers": workers}
+    server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
     raise typer.Exit(code)
 
 
-@app.command()
+@_command
 def schema(
     storage: Optional[str] = StorageOpt,
     backend_store_uri: Optional[str] = typer.Option(
@@ -587,19 +587,17 @@ def schema(
 
     Run it once before workers start (the Kubernetes schema Job does): they then never race to
     create tables. `sweep server` does the same each time it starts."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.server import upgrade_schemas
-        from sweep.storage import ENV_BACKEND, mask, resolve, settings
+    from sweep.server import upgrade_schemas
+    from sweep.storage import ENV_BACKEND, mask, resolve, settings
 
-        backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
-                   or settings(config).server.backend_store_uri)
-        optuna_url = resolve(storage=storage, config=config).optuna
-        upgrade_schemas(backend, optuna_url)
+    backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
+               or settings(config).server.backend_store_uri)
+    optuna_url = resolve(storage=storage, config=config).optuna
+    upgrade_schemas(backend, optuna_url)
     log.info("schemas up to date: MLflow %s, Optuna %s", mask(backend), mask(optuna_url))
 
 
-@app.command()
+@_command
 def sync(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,
@@ -609,11 +607,9 @@ def sync(
 ) -> None:
     """Replay a study from Optuna into MLflow: runs, params, every epoch's metrics, final metrics, state,
     and the models dead workers left waiting on this machine."""
-    _setup_logging(verbose)
-    with _guard():
-        from sweep.tracking.sync import sync as sync_study
+    from sweep.tracking.sync import sync as sync_study
 
-        c = sync_study(study, storage=storage, tracking_uri=tracking_uri, config=config)
+    c = sync_study(study, storage=storage, tracking_uri=tracking_uri, config=config)
     typer.echo(f"synced {c['trials']} finished trial(s) of {study}: {c['runs_created']} run(s) created, "
                f"{c['metrics_logged']} metric value(s), {c['params_logged']} param(s) and {c['tags_set']} tag(s) "
                f"logged, {c['runs_ended']} run(s) ended, {c['models_logged']} model(s) uploaded that dead workers "
