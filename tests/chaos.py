@@ -44,7 +44,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
 from helpers import (PostgresCluster, descendants, free_port, stop_group, study_dict, wait_health,  # noqa: E402
-                     write_study, write_tiny_npz)
+                     watch_study, write_study, write_tiny_npz)
 
 from sweep.errors import ServiceError  # noqa: E402
 
@@ -154,11 +154,14 @@ class Chaos:
             self.start_run()
 
     def complete(self) -> bool:
-        from sweep.record import load_study, stored_config
+        from sweep.record import stored_config
         from sweep.runner.worker import has_all
 
         try:
-            s = load_study(STUDY, self.optuna_url)
+            # one storage without a pool, as every test that polls a study: a new pool each second
+            # (sweep's load_study) left 110 idle connections in this process once, and the
+            # cluster then refused the workers ("too many clients") until the test timed out
+            s = watch_study(self.optuna_url, STUDY)
             return has_all(s, stored_config(s))
         except Exception:  # noqa: BLE001 - the database is down, or the study not made yet
             return False

@@ -199,7 +199,7 @@ def test_ctrl_c_of_workers_on_the_embedded_default_stops_them_and_the_study_resu
     _no_lock_error(out)
     assert still_running(workers, 10) == [], "orphan worker processes"
     trials = watch_study(optuna_url, "box-stop").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING], out
     stopped = [t for t in trials if t.state == TrialState.FAIL]
     assert len(stopped) >= 2 and all(t.user_attrs.get(obj.INTERRUPTED) for t in stopped)
 
