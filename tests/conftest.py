@@ -40,9 +40,9 @@ if "SWEEP_TEST_POSTGRES_URL" not in os.environ and _postgres_answers(DEFAULT_POS
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 
 
-# `-n 2 --dist loadfile` (pyproject.toml) runs two test files at once, each file whole in one
-# worker, handed out in collection order: the longest go first, so that none starts last while the
-# other worker idles (each took 200-440 s of the 2,500 s suite run one file after another here on
+# `-n 2 --dist loadfile --no-loadscope-reorder` (pyproject.toml) runs two test files at once, each
+# file whole in one worker, handed out in collection order (not xdist's default, most tests first):
+# the longest go first, so that none starts last while the other worker idles (each took 200-440 s of the 2,500 s suite run one file after another here on
 # 2026-12-05, AMD EPYC family 25 model 17, 2 cores; the rest 0-110 s)
 LONGEST_FIRST = ("test_workers.py", "test_study.py", "test_chaos.py", "test_server.py", "test_confirm.py")
 
