@@ -53,6 +53,9 @@ ACTIVATIONS = ("relu", "elu", "tanh")
 STUDY = "chaos"
 STORAGE_OUTAGE = 12  # seconds a worker waits for PostgreSQL before it stops (exit 3)
 OUTAGE_EXIT = ServiceError.exit_code  # a service stayed unreachable
+# how a fault may end `sweep run --workers N` before the study is complete: an outage longer than
+# storage_outage, or its own workers all killed or stopped (it exits with the first one's signal)
+FAULT_EXITS = {OUTAGE_EXIT, 128 + signal.SIGINT, 128 + signal.SIGKILL, 128 + signal.SIGTERM}
 
 
 def schedule(seed: int, minutes: float) -> list[tuple[float, str]]:
@@ -250,12 +253,14 @@ def run(folder: Path, seed: int, minutes: float, workers: int, repeats: int, epo
             except subprocess.TimeoutExpired:
                 pass
         chaos.reap()
-        if chaos.runs[-1].returncode == OUTAGE_EXIT and chaos.complete():
-            # the last `sweep run` stopped at an outage longer than storage_outage, as it should,
+        if chaos.runs[-1].returncode in FAULT_EXITS and chaos.complete():
+            # a fault ended the last `sweep run`, as it should (an outage longer than
+            # storage_outage, or its workers killed: exit 137 once, its first worker's SIGKILL),
             # while a joined `sweep worker` outlived it and finished the study (which of them
-            # outlives an outage is timing): its user runs the same command again, which must
-            # find the study complete and exit 0 (checked below)
-            say(f"{time.monotonic() - t0:6.1f}s the last sweep run stopped at an outage; sweep run again")
+            # outlives a fault is timing): its user runs the same command again, which must find
+            # the study complete and exit 0 (checked below); any other code stays a failure
+            say(f"{time.monotonic() - t0:6.1f}s the last sweep run ended at a fault "
+                f"({chaos.runs[-1].returncode}); sweep run again")
             chaos.start_run()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 chaos.runs[-1].wait(300)

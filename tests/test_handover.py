@@ -27,7 +27,16 @@ from sweep.runner.handover import Bound
 
 
 def _children(pid: int) -> set[int]:
-    return set(process_tree().get(pid, []))
+    """The `sweep` processes `pid` started: not a library's own short-lived helper (one was caught
+    once, with no bound, while two test files ran at once; its command line had gone)."""
+    out = set()
+    for child in process_tree().get(pid, []):
+        try:
+            if b"sweep" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.add(child)
+        except OSError:
+            continue  # it has already exited: not a trial process, which lives for trials
+    return out
 
 
 def _sampled(data: Path, n: int, epochs: int = 1) -> dict[str, Any]:
