@@ -293,7 +293,7 @@ def test_ctrl_c_stops_all_workers_and_trials_resume(tmp_path: Path, tiny_npz: Pa
     assert still_running(workers, 10) == [], "orphan worker processes"
 
     trials = _study(optuna_pg, "ctrlc").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], out
     stopped = [t for t in trials if t.state == TrialState.FAIL]
     assert len(stopped) >= 2 and all(t.user_attrs.get(obj.INTERRUPTED) for t in stopped)
     _, runs = _runs(mlflow_server, "ctrlc")
@@ -455,6 +455,57 @@ def test_the_echo_of_a_stop_is_dropped_after_the_handler_is_gone() -> None:
         assert not isinstance(raised.value, Interrupted)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("where", ["ask", "tell"])
+def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path: Path, where: str) -> None:
+    """A trial is RUNNING from the moment `study.ask()` commits it. A stop that lands between that
+    and the code that runs it (the study lock being released), or inside the `tell` of a trial that
+    trained, left it RUNNING until its heartbeat went stale: seen twice under load, after one Ctrl-C
+    to `sweep run --workers`. The stop is held for those few milliseconds and raised once the trial
+    can be told: FAIL and interrupted (run again on resume) if it had not begun, COMPLETE if it had
+    finished. The signal is real; only its moment is chosen, from inside Optuna's own ask or tell."""
+    import contextlib
+
+    from sweep import config
+    from sweep.runner import worker
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="held", storage=url, direction="maximize")
+    cfg = config.load(Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml")
+    trained: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trained.append(trial.number)
+        return 0.5
+
+    def stop_inside(method: str) -> None:
+        real = getattr(study, method)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if method == "ask":
+                result = real(*args, **kwargs)  # committed: the trial is RUNNING
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs in here
+            return result if method == "ask" else real(*args, **kwargs)
+
+        setattr(study, method, wrapped)
+
+    stop_inside(where)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(worker.Interrupted):
+            with worker.stop_on_signals():
+                worker.work(study, objective, cfg, explicit_plan=False, lock_url=url,
+                            heartbeat=lambda trial_id: contextlib.nullcontext(), poll_seconds=0.1, n_trials=2)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    [trial] = optuna.load_study(study_name="held", storage=url).get_trials()
+    if where == "ask":
+        assert trained == [] and trial.state == TrialState.FAIL and trial.user_attrs[obj.INTERRUPTED] is True
+    else:
+        assert trained == [0] and trial.state == TrialState.COMPLETE and trial.value == 0.5
 
 
 def test_ctrl_c_while_a_worker_starts_is_one_clean_stop(tmp_path: Path, tiny_npz: Path) -> None:
@@ -710,7 +761,7 @@ def test_long_database_outage_stops_with_one_line_and_resumes(tmp_path: Path, ti
     trials = _study(storage, "outage").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["activation"] for t in complete) == ["elu", "relu"], out
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], out
 
 
 # --- 3. The MLflow server goes away mid-sweep and comes back on the same port ---

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
 ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
 _stopping_installed = False  # stop_on_signals' handler is in place (it nests)
+_held: list[int] | None = None  # while not None, a stop is kept here rather than raised (hold_stop)
 T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
 Values = Union[float, Sequence[float]]
@@ -79,6 +80,9 @@ def stop_on_signals() -> Iterator[None]:
                 "already stopping (%s ignored)", signal.Signals(signum).name)
             return
         stopping = (signum, time.monotonic())
+        if _held is not None:
+            _held.append(signum)  # raised by release_stop(), once the trial is in a state to be told
+            return
         raise Interrupted(signum)
 
     def unraisable(u: Any) -> None:
@@ -104,6 +108,24 @@ def stop_on_signals() -> Iterator[None]:
         for s, h in old.items():
             # once stopped, the echo may still be on its way while the process unwinds and exits
             signal.signal(s, h if stopping is None else _echo_then(stopping, h))
+
+
+def hold_stop() -> None:
+    """From here until `release_stop()`, a stop is kept rather than raised. A trial is RUNNING from
+    the moment `study.ask()` commits it, but only the code that runs it can tell it FAIL+interrupted:
+    a stop raised in between (the study lock being released, the heartbeat starting) would leave it
+    RUNNING until its heartbeat went stale, and a stop raised inside `study.tell` could do the same
+    to a trial that had finished training. Both windows are a few milliseconds, found under load."""
+    global _held
+    _held = []
+
+
+def release_stop() -> None:
+    """Raise the stop kept since `hold_stop()`, if one came."""
+    global _held
+    held, _held = _held, None
+    if held:
+        raise Interrupted(held[0])
 
 
 def _echo(stopping: tuple[int, float], signum: int) -> bool:
@@ -175,6 +197,7 @@ def _next_trial(study: optuna.Study, cfg: StudyConfig, explicit_plan: bool) -> o
     """Under the study lock: the next trial, or None when the study has all it needs."""
     if not _more(study, cfg, explicit_plan):
         return None
+    hold_stop()  # released by _run_one, or by work() when the ask fails
     with warnings.catch_warnings():
         # "Heartbeat of storage is supposed to be used with Study.optimize": this loop is the
         # one `optimize` would run, with our own heartbeat (see module docstring)
@@ -191,8 +214,10 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: Values | None) -> None:
+    """Tell Optuna how the trial ended; a stop that lands meanwhile is raised once it is told."""
     import optuna
 
+    hold_stop()
     try:
         # a study of several metrics is told a sequence of values (Optuna's `values`), in order
         study.tell(trial, value, state=state, skip_if_finished=True)
@@ -200,17 +225,22 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: Any, value: Values | 
         # another worker declared it stale during a database outage and queued it again
         log.warning("trial %d was marked FAIL by another worker while this one trained it; "
                     "its retry stands", trial.number)
+    finally:
+        release_stop()
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Values],
              heartbeat: Any) -> None:
+    """Train a trial just taken (a stop held since the ask) and tell Optuna how it ended."""
     import optuna
     from optuna.trial import TrialState
 
     from sweep.errors import ServiceError
+    from sweep.record import INTERRUPTED
 
-    with heartbeat(trial._trial_id):
+    with heartbeat(trial._trial_id):  # a stop is still held while it starts
         try:
+            release_stop()  # a stop that came while the trial was taken lands here, where it is told
             value = objective(trial)
         except optuna.TrialPruned:
             _tell(study, trial, TrialState.PRUNED, None)
@@ -229,9 +259,12 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
             log.warning("trial %d was marked FAIL by another worker while this one trained it (no heartbeat "
                         "for grace_period); its retry stands", trial.number)
             return
-        except BaseException:
-            # Ctrl-C/SIGTERM (marked interrupted by the objective) or a bug: never leave it RUNNING
+        except BaseException as e:
+            # Ctrl-C/SIGTERM or a bug: never leave it RUNNING. The objective marks a stop interrupted
+            # (run again on resume) wherever it lands inside; one before the objective began is marked here.
             with contextlib.suppress(Exception):
+                if isinstance(e, KeyboardInterrupt):
+                    trial.set_user_attr(INTERRUPTED, True)
                 _tell(study, trial, TrialState.FAIL, None)
             raise
     _tell(study, trial, TrialState.COMPLETE, value)
@@ -272,12 +305,16 @@ def work(
         fail_stale(study)
         if handover is not None and ran > asked:  # once per trial run, not per wait
             asked, why = ran, handover(ran)
-        with study_lock(lock_url, study.study_name, wait=lock_wait):
-            if requeue is not None:
-                requeue(study)
-            if why is not None and _more(study, cfg, explicit_plan):
-                raise HandOver(ran, why)
-            trial = _next_trial(study, cfg, explicit_plan)
+        try:
+            with study_lock(lock_url, study.study_name, wait=lock_wait):
+                if requeue is not None:
+                    requeue(study)
+                if why is not None and _more(study, cfg, explicit_plan):
+                    raise HandOver(ran, why)
+                trial = _next_trial(study, cfg, explicit_plan)
+        except BaseException:
+            release_stop()  # a stop kept meanwhile goes before the error in hand (HandOver, an outage)
+            raise
         if trial is None:
             running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if n_trials is not None or not running:
