@@ -295,6 +295,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     from sweep.errors import ConfigError
     from sweep import backend
     from sweep.runner.pool import run_workers
+    from sweep.tracking.sync import replay_unfinished
     from sweep.runner.study import prepare, summarize, view
     from sweep.storage import resolve, settings
 
@@ -315,7 +316,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             code = run_workers(p.cfg.study, stores, workers, config, verbose, debug=_debug, view=view(p, workers=workers),
                                threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
-            if p.tracker.replay_unfinished(p.study.get_trials(deepcopy=False)):
+            if replay_unfinished(p.tracker, p.study.get_trials(deepcopy=False)):
                 summarize(p)  # a model a dead worker left may be the best: promoted now
     finally:
         p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up

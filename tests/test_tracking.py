@@ -331,11 +331,13 @@ def test_sync_unknown_study_is_one_clean_error(tmp_path: Path, tiny_npz: Path) -
 
 
 def test_what_was_given_up_is_replayed_when_mlflow_answers_again(tmp_path: Path, tiny_npz: Path) -> None:
-    """With the study's storage, the tracker replays dropped logging from Optuna by itself."""
+    """Given the study's storage and the replay, the tracker replays dropped logging from Optuna by itself."""
+    from sweep.tracking.sync import replay
+
     study, storage = _stored_study(tmp_path, tiny_npz)
     _add(study, TrialState.COMPLETE, "relu", 2)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(tracking, "replayed", storage=storage)
+    tracker = Tracker(tracking, "replayed", storage=storage, replay=replay)
     parent = tracker.parent_run(None, {})
     tracker.sender.max_queued = 0  # a full queue: everything of trial 0 is given up
     run = tracker.start_trial(parent, 0, {"activation": "relu"}, "relu")

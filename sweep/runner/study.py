@@ -27,6 +27,7 @@ from sweep.runner import progress
 from sweep.runner import worker
 from sweep.storage import (Stores, check_separate, check_tracking, mask, optuna_storage, resolve,
                            settings, study_lock, write_ahead)
+from sweep.tracking import sync
 from sweep.tracking.models import Keeper
 from sweep.tracking.runs import Tracker, experiment_url
 
@@ -214,7 +215,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
         known = opt_study.user_attrs.get(PARENT_ATTR)
 
         def track() -> tuple[Tracker, str]:  # the server may go again between the check and here
-            t = Tracker(stores.tracking, cfg.study, storage=stores.optuna)
+            t = Tracker(stores.tracking, cfg.study, storage=stores.optuna, replay=sync.replay)
             return t, t.parent_run(known, new)
 
         tracker, parent = _await_tracking(track, lambda: bool(known), ws.storage_outage)
@@ -411,7 +412,7 @@ def summarize(p: Prepared) -> None:
             metrics["pareto_size"] = len(front)
             tags = {"sweep.pareto.trials": ",".join(map(str, front))}
     if complete:  # a peer that died with the last logging of a finished trial still queued
-        p.tracker.replay_unfinished(trials, older_than=p.tracker.LIVE_BACKLOG_SECONDS)
+        sync.replay_unfinished(p.tracker, trials, older_than=sync.LIVE_BACKLOG_SECONDS)
     if complete and "sweep.best.trial" in tags:
         tags.update(_promote(p))
     if p.study.user_attrs.get(CONFIRMS):

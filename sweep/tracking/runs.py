@@ -13,6 +13,7 @@ Optuna (sweep/tracking/sync.py).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from sweep.errors import ServiceError, first_line
 from sweep.record import RUN_ID
 from sweep.storage import mask, seed_tracking, tracking_artifact_location
 from sweep.tracking import model_code, outbox
-from sweep.tracking.sender import BACKOFF_MAX, NoRun, Sender
+from sweep.tracking.sender import NoRun, Sender
 from sweep.training import numeric
 
 if TYPE_CHECKING:
@@ -161,11 +162,14 @@ def dataset_inputs(data: Dataset) -> list[DatasetInput]:
 class Tracker:
     """The MLflow side of one study: its experiment, parent run and background sender.
 
-    With `storage` (the study's Optuna storage URL), what the sender had to give up is replayed
-    from Optuna in the background as soon as MLflow answers again.
+    With `storage` (the study's Optuna storage URL), a trial's model waits in the outbox until it is
+    uploaded; with `replay` (sweep.tracking.sync.replay: this module sits below the replay, which
+    writes through a Tracker), what the sender had to give up is replayed from Optuna in the
+    background as soon as MLflow answers again.
     """
 
-    def __init__(self, tracking_uri: str, study_name: str, storage: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, study_name: str, storage: str | None = None,
+                 replay: Callable[[Tracker, set[int] | None], Collection[int]] | None = None) -> None:
         import mlflow
         from mlflow import MlflowClient
 
@@ -180,9 +184,9 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment()
-        self.sender = Sender(study_name, on_drained=self._replay if storage else None)
+        self.sender = Sender(study_name, on_drained=None if replay is None else functools.partial(replay, self))
         self._staging: Path | None = None
-        self._datasets: list[DatasetInput] | None = None  # for the replay, as the trials logged them
+        self.logged_datasets: list[DatasetInput] | None = None  # for the replay, as the trials logged them
 
     def _fail(self, what: str, e: Exception) -> ServiceError:
         return ServiceError(
@@ -291,11 +295,11 @@ class Tracker:
         """`dataset_inputs(data)`, for `start_trial`: computed once per objective, not per trial.
         Empty (with a warning) if they cannot be made: a trial does not need them."""
         try:
-            self._datasets = dataset_inputs(data)
+            self.logged_datasets = dataset_inputs(data)
         except Exception as e:  # noqa: BLE001 - tracking trouble never fails a sweep
             log.warning("MLflow: cannot describe dataset %r for the runs' Dataset column: %s", data.title, e)
-            self._datasets = []
-        return self._datasets
+            self.logged_datasets = []
+        return self.logged_datasets
 
     def start_trial(self, parent_id: str, trial_number: int, params: dict[str, Any], label: str,
                     datasets: Sequence[DatasetInput] = (), started: datetime.datetime | None = None) -> TrialRun:
@@ -360,58 +364,6 @@ class Tracker:
             self._staging = Path(tempfile.mkdtemp(prefix="sweep-mlflow-"))
             weakref.finalize(self, shutil.rmtree, str(self._staging), True)
         return Path(tempfile.mkdtemp(dir=self._staging))
-
-    # a live worker's queued logging is sent within the sender's capped backoff once MLflow answers
-    LIVE_BACKLOG_SECONDS = 2 * BACKOFF_MAX
-
-    def replay_unfinished(self, trials: Sequence[Any], older_than: float = 0.0) -> list[int]:
-        """Replay from Optuna the finished trials (of `trials`) whose MLflow run still says
-        RUNNING, or was never created, or whose model its worker left waiting: their worker died
-        after the trial ended in Optuna but before its queued logging reached MLflow (SIGKILL while
-        the server was away; found by tests/chaos.py). Only trials
-        that finished `older_than` seconds ago: a live worker's backlog drains within the sender's
-        capped backoff once the server answers, and must not be sent twice. Returns their numbers;
-        a failure is one warning line (`sweep sync STUDY` does the same by hand)."""
-        import datetime as dt
-
-        from mlflow.entities import ViewType
-
-        if self.storage is None:
-            return []
-        now = dt.datetime.now()
-        finished = {t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
-        # a model waiting on disk whose writer is gone (sweep/tracking/outbox.py): that trial's
-        # worker is dead, whatever its age, and nothing of it is being sent
-        orphaned = finished & set(outbox.waiting(self.storage, self.study_name))
-        ended = orphaned | {t.number for t in trials if t.number in finished and t.datetime_complete
-                            and (now - t.datetime_complete).total_seconds() >= older_than}
-        if not ended:
-            return []
-        try:
-            flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {_filter_value(self.study_name)} "
-                   "and attributes.status = 'RUNNING'")
-            running = self.client.search_runs([self.experiment_id], filter_string=flt,
-                                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
-            # no run id in Optuna: the run's creation was still queued when its worker died
-            unknown = {t.number for t in trials if t.number in ended and not t.user_attrs.get(RUN_ID)}
-            stuck = sorted(unknown | orphaned | (ended & {int(r.data.tags.get("optuna.trial_number", -1))
-                                                          for r in running}))
-            if stuck:
-                self._replay(set(stuck))
-            return stuck
-        except Exception as e:  # noqa: BLE001 - the server is away again: sync replays it later
-            log.warning("MLflow at %s: the runs of finished trials could not be replayed (%s); `sweep sync %s` "
-                        "does it", mask(self.uri), first_line(e), self.study_name)
-            return []
-
-    def _replay(self, trials: set[int] | None) -> Collection[int]:
-        from sweep.tracking.sync import sync
-
-        assert self.storage is not None  # only registered with a storage
-        counts = sync(self.study_name, storage=self.storage, tracking_uri=self.uri, trials=trials,
-                      datasets=self._datasets)
-        log.info("MLflow: replayed from Optuna what could not be sent: %s", counts)
-        return counts["synced"]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

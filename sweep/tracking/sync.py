@@ -25,8 +25,10 @@ from sweep.errors import ServiceError, SweepError, first_line
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve, study_lock
+from sweep.tracking import outbox
 from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
                                  dataset_inputs, objective_metrics, run_label, run_name)
+from sweep.tracking.sender import BACKOFF_MAX
 
 if TYPE_CHECKING:
     import optuna
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "interrupted by the user"
+# a live worker's queued logging is sent within the sender's capped backoff once MLflow answers
+LIVE_BACKLOG_SECONDS = 2 * BACKOFF_MAX
 
 
 def sync(study: str, storage: str | None = None, tracking_uri: str | None = None, config: str | Path | None = None,
@@ -75,6 +79,57 @@ def sync(study: str, storage: str | None = None, tracking_uri: str | None = None
         ) from None
     log.debug("sync %s: %s", study, {k: v for k, v in replica.counts.items() if k != "synced"})
     return replica.counts
+
+
+def replay(tracker: Tracker, trials: set[int] | None) -> Collection[int]:
+    """What a Tracker's sender gave up, replayed from Optuna (all finished trials with None).
+    Returns the trial numbers made complete."""
+    assert tracker.storage is not None  # a Tracker is given the replay only with its study's storage
+    counts = sync(tracker.study_name, storage=tracker.storage, tracking_uri=tracker.uri, trials=trials,
+                  datasets=tracker.logged_datasets)
+    log.info("MLflow: replayed from Optuna what could not be sent: %s", counts)
+    return counts["synced"]
+
+
+def replay_unfinished(tracker: Tracker, trials: Sequence[Any], older_than: float = 0.0) -> list[int]:
+    """Replay from Optuna the finished trials (of `trials`) whose MLflow run still says
+    RUNNING, or was never created, or whose model its worker left waiting: their worker died
+    after the trial ended in Optuna but before its queued logging reached MLflow (SIGKILL while
+    the server was away; found by tests/chaos.py). Only trials that finished `older_than` seconds
+    ago: a live worker's backlog drains within the sender's capped backoff once the server
+    answers (LIVE_BACKLOG_SECONDS), and must not be sent twice. Returns their numbers; a failure is
+    one warning line (`sweep sync STUDY` does the same by hand)."""
+    import datetime as dt
+
+    from mlflow.entities import ViewType
+
+    if tracker.storage is None:
+        return []
+    now = dt.datetime.now()
+    finished = {t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
+    # a model waiting on disk whose writer is gone (sweep/tracking/outbox.py): that trial's
+    # worker is dead, whatever its age, and nothing of it is being sent
+    orphaned = finished & set(outbox.waiting(tracker.storage, tracker.study_name))
+    ended = orphaned | {t.number for t in trials if t.number in finished and t.datetime_complete
+                        and (now - t.datetime_complete).total_seconds() >= older_than}
+    if not ended:
+        return []
+    try:
+        flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {_filter_value(tracker.study_name)} "
+               "and attributes.status = 'RUNNING'")
+        running = tracker.client.search_runs([tracker.experiment_id], filter_string=flt,
+                                             run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+        # no run id in Optuna: the run's creation was still queued when its worker died
+        unknown = {t.number for t in trials if t.number in ended and not t.user_attrs.get(RUN_ID)}
+        stuck = sorted(unknown | orphaned | (ended & {int(r.data.tags.get("optuna.trial_number", -1))
+                                                      for r in running}))
+        if stuck:
+            replay(tracker, set(stuck))
+        return stuck
+    except Exception as e:  # noqa: BLE001 - the server is away again: sync replays it later
+        log.warning("MLflow at %s: the runs of finished trials could not be replayed (%s); `sweep sync %s` "
+                    "does it", mask(tracker.uri), first_line(e), tracker.study_name)
+        return []
 
 
 def _ms(dt: datetime | None) -> int | None:
@@ -273,7 +328,6 @@ class _Replica:
     def _model(self, t: optuna.trial.FrozenTrial, rid: str, tags: dict[str, str]) -> None:
         """Upload the model a dead worker left waiting for trial `t` (sweep/tracking/outbox.py),
         unless its run has one already or `tracking.keep_models` does not keep it."""
-        from sweep.tracking import outbox
         from sweep.tracking.models import DELETED_TAG
         from sweep.tracking.runs import MODEL_URI_TAG, log_saved_model
 
