@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from sweep.errors import SweepError
+from sweep.lifecycle import TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals, trial_process
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 
 app = typer.Typer(
@@ -118,9 +119,12 @@ _debug = False  # `sweep --debug COMMAND`: the traceback behind each one-line er
 
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="print the full traceback (with the library "
-                                        "error it began as) above an error's one line, for a bug report")) -> None:
+                                        "error it began as) above an error's one line, for a bug report"),
+             trial_process: Optional[str] = typer.Option(None, TRIAL_PROCESS_OPTION, hidden=True)) -> None:
     global _debug
     _debug = debug
+    if trial_process is not None:  # started by a supervisor (the route: sweep/lifecycle.py)
+        become_trial_process(trial_process)
 
 
 def _traceback(e: BaseException) -> None:
@@ -168,16 +172,6 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(command)
 
 
-@contextlib.contextmanager
-def _stopping() -> Iterator[None]:
-    """Ctrl-C and SIGTERM stop a command that runs trials once, from its start: a signal that lands
-    while it loads data or imports TensorFlow, and its echo from a supervisor, make one clean stop."""
-    from sweep.runner.worker import stop_on_signals
-
-    with stop_on_signals():
-        yield
-
-
 @app.command()
 def run(
     study: str = typer.Argument(..., help="study file (studies/x.yaml), or the name of a stored study to join"),
@@ -198,7 +192,7 @@ def run(
         code = _in_child(["run", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
         if code is not None:
             raise typer.Exit(code)
-    with _guard(), _stopping():
+    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         _setup_logging(verbose, console=True)
         if workers > 1:
             raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose,
@@ -257,10 +251,7 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
     one at its memory bound (sweep/runner/handover.py); this process only restarts it. Returns
     the child's exit code, or None when this process is that child (or the bound is off) and
     runs the trials itself. Store URLs go to the child in its environment, not on its command line."""
-    from sweep.runner import handover
-
-    if handover.supervised():
-        handover.die_with_supervisor()
+    if trial_process() is not None:
         return None
     with _guard():
         from sweep.storage import ENV_OPTUNA, ENV_TRACKING, settings
@@ -278,7 +269,7 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
         argv = [*(["--debug"] if _debug else []), *argv, *(["--n-trials", str(n_trials)] if n_trials else []),
                 *(["--threads-per-worker", str(threads)] if threads else []),
                 *(["--config", config] if config else []), *(["-v"] if verbose else [])]
-        with _stopping():
+        with stop_on_signals():
             return supervise(argv, env)
     return None  # unreachable: _guard exits
 
@@ -306,7 +297,7 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     # a KERAS_BACKEND that cannot be used: one line here, not one per worker
     chosen = backend.choose()
     log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
-    p = prepare(study, stores, settings(config).workers)  # under run's _stopping()
+    p = prepare(study, stores, settings(config).workers)  # under run's stop_on_signals()
     try:
         if p.todo <= 0:
             log.info("study %s is complete; nothing to run", p.cfg.study)
@@ -358,7 +349,7 @@ def worker(
     code = _in_child(["worker", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
     if code is not None:
         raise typer.Exit(code)
-    with _guard(), _stopping():
+    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         _setup_logging(verbose, console=True)
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
@@ -395,7 +386,7 @@ def confirm(
         code = _in_child(argv, storage, tracking_uri, None, threads_per_worker, config, verbose)
         if code is not None:
             raise typer.Exit(code)
-    with _guard(), _stopping():
+    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         _setup_logging(verbose, console=True)
         from sweep.config import confirm_options
         from sweep.runner import confirm as confirm_mod

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
+from sweep.lifecycle import on_stop_signals, stop_on_signals
 from sweep.storage import Stores, check_database, check_separate, db_url, mask, scheme, seed_tracking
 
 if TYPE_CHECKING:
@@ -78,12 +79,11 @@ def guard(cmd: list[str]) -> int:
         os.setpgid(0, 0)  # a group of its own, whoever started it: the group is what it stops
     stopping = False
 
-    def on_signal(*_: object) -> None:  # the group's SIGTERM reaches the guard too
+    def on_signal() -> None:  # the group's SIGTERM reaches the guard too
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     lifeline = selectors.DefaultSelector()
     lifeline.register(sys.stdin.fileno(), selectors.EVENT_READ)
@@ -242,21 +242,20 @@ def _wait_healthy(server: Server, timeout: float) -> None:
 def serve(s: ServerSettings, optuna_storage: str | None = None) -> int:
     """Run the server in the foreground until Ctrl-C (or SIGTERM), then stop it cleanly."""
 
-    def stop_on_term(*_: object) -> None:
-        raise KeyboardInterrupt
+    # from before start(): a signal while the server starts must stop it too, not orphan it.
+    # docker compose and Kubernetes stop containers with SIGTERM (the policy: sweep/lifecycle.py)
+    with stop_on_signals():
+        try:
+            server = start(s, optuna_storage)
+        except KeyboardInterrupt:
+            return 0
+        log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s, log %s); Ctrl-C stops it",
+                 server.url, mask(s.backend_store_uri), s.artifacts_destination, server.log_path)
+        return _follow(server)
 
-    # before start(): a signal while the server starts must stop it too, not orphan it. SIGINT
-    # explicitly as well: a process started with SIGINT ignored (`cmd &` in a script, nohup)
-    # inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own.
-    # docker compose and Kubernetes stop containers with SIGTERM.
-    signal.signal(signal.SIGTERM, stop_on_term)
-    signal.signal(signal.SIGINT, stop_on_term)
-    try:
-        server = start(s, optuna_storage)
-    except KeyboardInterrupt:
-        return 0
-    log.info("MLflow UI and tracking server at %s (backend %s, artifacts %s, log %s); Ctrl-C stops it",
-             server.url, mask(s.backend_store_uri), s.artifacts_destination, server.log_path)
+
+def _follow(server: Server) -> int:
+    """Wait for Ctrl-C or SIGTERM, then stop the server; or for the server to exit by itself."""
     # `sweep server -v`: the server's own log in the terminal too, as it is written
     follow = log.isEnabledFor(logging.DEBUG)
     seen = 0

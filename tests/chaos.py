@@ -143,7 +143,8 @@ class Chaos:
         for p in self.live():
             for pid in [p.pid, *descendants(p.pid)]:
                 try:
-                    if b"sweep\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+                    if b"sweep" in args and b"worker" in args:  # a supervisor's, or its trial process's
                         out.append(pid)
                 except OSError:
                     pass

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from helpers import fail_without_postgres, postgres_database, write_tiny_npz
@@ -106,3 +107,16 @@ def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SWEEP_OPTUNA_STORAGE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """What a test's in-process sweep writes to os.environ goes with the test: `backend.use()`
+    sets KERAS_BACKEND before Keras is imported, as a trial process must, and a later test's
+    `sweep` subprocess inherited it as the user's own choice (test_one_box, after test_server's
+    in-process studies in the same pytest worker: "KERAS_BACKEND=tensorflow", not "auto")."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

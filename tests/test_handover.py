@@ -27,12 +27,13 @@ from sweep.runner.handover import Bound
 
 
 def _children(pid: int) -> set[int]:
-    """The `sweep` processes `pid` started: not a library's own short-lived helper (one was caught
-    once, with no bound, while two test files ran at once; its command line had gone)."""
+    """The trial processes `pid` started, known by the route on their command line
+    (sweep/lifecycle.py): not a library's own short-lived helper (one was caught once, with no
+    bound, while two test files ran at once)."""
     out = set()
     for child in process_tree().get(pid, []):
         try:
-            if b"sweep" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"--trial-process" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\x00"):
                 out.add(child)
         except OSError:
             continue  # it has already exited: not a trial process, which lives for trials

@@ -167,7 +167,7 @@ def test_kill_9_of_a_worker_on_the_embedded_default_gets_its_trial_retried(tmp_p
     optuna_url, tracking = _stores(tmp_path)
     proc, _ = _two_training(tmp_path, tiny_npz, "box-kill", epochs=20, repeats=2)
     try:
-        workers = [p for p in descendants(proc.pid) if b"sweep\0worker" in _cmdline(p)]
+        workers = [p for p in descendants(proc.pid) if b"\0worker\0" in _cmdline(p)]
         assert len(workers) >= 2, workers
         os.kill(workers[-1], signal.SIGKILL)
         out = _finish(proc)

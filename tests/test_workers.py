@@ -403,7 +403,7 @@ def test_a_signal_swallowed_by_a_finalizer_is_delivered_again() -> None:
     prints "Exception ignored"; the worker would train on. It is delivered again, outside."""
     import weakref
 
-    from sweep.runner.worker import Interrupted, stop_on_signals
+    from sweep.lifecycle import Interrupted, stop_on_signals
 
     class Thing:
         pass
@@ -426,7 +426,7 @@ def test_the_echo_of_a_stop_is_dropped_after_the_handler_is_gone() -> None:
     """Ctrl-C reaches a worker twice: from the terminal's process group and from its supervisor.
     The echo may land while nested blocks unwind, or after the command's handler is gone: one stop,
     never a second KeyboardInterrupt in the clean-up (it printed a traceback in CI)."""
-    from sweep.runner.worker import Interrupted, stop_on_signals
+    from sweep.lifecycle import Interrupted, stop_on_signals
 
     def echo(when: str) -> None:
         try:
@@ -467,7 +467,7 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
     finished. The signal is real; only its moment is chosen, from inside Optuna's own ask or tell."""
     import contextlib
 
-    from sweep import config
+    from sweep import config, lifecycle
     from sweep.runner import worker
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -494,8 +494,8 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
     stop_inside(where)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with pytest.raises(worker.Interrupted):
-            with worker.stop_on_signals():
+        with pytest.raises(lifecycle.Interrupted):
+            with lifecycle.stop_on_signals():
                 worker.work(study, objective, cfg, explicit_plan=False, lock_url=url,
                             heartbeat=lambda trial_id: contextlib.nullcontext(), poll_seconds=0.1, n_trials=2)
     finally:

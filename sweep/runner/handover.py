@@ -7,9 +7,9 @@ kills it. Only a new process gives the memory back. The trial loop stops between
 its process ran `workers.trials_per_process` trials or grew `workers.max_memory_growth_mb` past
 its size after its first trial; it writes what its successor needs into a small state file and
 exits with `HANDOVER_EXIT`; its supervisor (`sweep.runner.pool`, the process the user started)
-starts the same command again, which loads the data once, joins the study and goes on. No trial
-is interrupted: the study sees one worker that took a pause, its trial count and MLflow runs are
-those of an unbroken run, and the terminal shows the same lines.
+starts the same command again (the route: sweep/lifecycle.py), which loads the data once, joins
+the study and goes on. No trial is interrupted: the study sees one worker that took a pause, its
+trial count and MLflow runs are those of an unbroken run, and the terminal shows the same lines.
 
 Optuna's `study.optimize` and the standard library's `max_tasks_per_child` pools cannot do it:
 a pool's worker returns a result to its caller, while ours must keep its terminal, its signals
@@ -22,17 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sweep.lifecycle import trial_process
+
 log = logging.getLogger(__name__)
 
 HANDOVER_EXIT = 75  # EX_TEMPFAIL: "try again": the supervisor starts the command again
-ENV_STATE = "SWEEP_HANDOVER_STATE"  # set by a supervisor: the child runs trials and may hand over
-ENV_SUPERVISOR = "SWEEP_SUPERVISOR_PID"
 KEEP_SECONDS = 200  # trial durations carried to the successor (its ETA starts from them)
 
 
@@ -57,16 +55,16 @@ class State:
 
 def supervised() -> bool:
     """Whether this process runs trials for a supervisor (and so may hand over)."""
-    return bool(os.environ.get(ENV_STATE))
+    return trial_process() is not None
 
 
 def arrived() -> State | None:
     """The state the previous process of this chain left, or None for the first one."""
-    path = os.environ.get(ENV_STATE)
-    if not path:
+    route = trial_process()
+    if route is None:
         return None
     try:
-        raw = json.loads(Path(path).read_text() or "null")
+        raw = json.loads(route.state.read_text() or "null")
     except (OSError, ValueError):
         return None
     return State(**raw) if raw else None
@@ -75,28 +73,15 @@ def arrived() -> State | None:
 def leave(before: State | None, ran: int, trial_seconds: list[float], best: str) -> None:
     """Write the successor's state, whole or not at all (a rename). `trial_seconds`: every trial
     duration the terminal's ETA knows of, the earlier processes' included."""
-    path = Path(os.environ[ENV_STATE])
+    route = trial_process()
+    assert route is not None, "only a trial process hands over"
+    path = route.state
     state = State(trials=(before.trials if before else 0) + ran,
                   processes=(before.processes if before else 1) + 1,
                   trial_seconds=trial_seconds[-KEEP_SECONDS:], best=best)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state.__dict__))
     os.replace(tmp, path)
-
-
-def die_with_supervisor() -> None:
-    """A child dies with its supervisor, SIGKILL included (Linux's PR_SET_PDEATHSIG): killing the
-    process the user started must stop the trial, which then goes stale and is retried, exactly
-    as when that process ran the trial itself."""
-    want = os.environ.get(ENV_SUPERVISOR)
-    if not want or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(want):  # the supervisor died before the line above
-        os._exit(128 + signal.SIGKILL)
 
 
 def rss_mb() -> float | None:

@@ -30,15 +30,14 @@ import time
 from pathlib import Path
 from typing import IO, Callable
 
-from sweep.runner.handover import ENV_STATE, ENV_SUPERVISOR, HANDOVER_EXIT
+from sweep.lifecycle import stop_children, trial_process_command
+from sweep.runner.handover import HANDOVER_EXIT
 from sweep.runner.progress import ENV_MODE, View, read_event
 from sweep.runner.worker import ENV_WORKER_NAME
 from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores
 
 log = logging.getLogger(__name__)
 
-# after the first Ctrl-C/SIGTERM: time for workers to close their trials, then SIGKILL
-STOP_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.2  # how often the supervisor looks at its workers (a hand-over waits this long)
 
 
@@ -89,13 +88,13 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
     if threads is None and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # else the user's, or the flag's
         threads = default_threads(workers)
-    cmd = [sys.executable, "-m", "sweep", *(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else [])]
+    argv = [*(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else [])]
     slots = []
     for i in range(workers):
         env = _env(stores, config, f"w{i}", threads)
         if view is not None and view.mode == "live":
             env[ENV_MODE] = "events"
-        slots.append(_Slot(cmd, env, view=view, pipe=True))
+        slots.append(_Slot(argv, env, view=view, pipe=True))
     log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(s.proc.pid) for s in slots))
     try:
         return _supervise(slots, complete)
@@ -109,17 +108,16 @@ def supervise(argv: list[str], env: dict[str, str]) -> int:
     in a child that hands over to a fresh one at its memory bound (sweep/runner/handover.py). The
     child has this process's terminal, so what the user sees is what it prints; this process
     adds one line only if the child is killed, and exits with the child's code."""
-    return _supervise([_Slot([sys.executable, "-m", "sweep", *argv], env, view=None, pipe=False)])
+    return _supervise([_Slot(argv, env, view=None, pipe=False)])
 
 
 class _Slot:
     """One worker's place: its process, and the fresh one that takes over when it hands over."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], view: View | None, pipe: bool) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], view: View | None, pipe: bool) -> None:
         fd, self.state = tempfile.mkstemp(prefix="sweep-handover-", suffix=".json")
         os.close(fd)
-        self.cmd, self.view, self.pipe = cmd, view, pipe
-        self.env = {**env, ENV_STATE: self.state, ENV_SUPERVISOR: str(os.getpid())}
+        self.cmd, self.env, self.view, self.pipe = trial_process_command(argv, self.state), env, view, pipe
         self.readers: list[threading.Thread] = []
         self.start()
 
@@ -164,7 +162,7 @@ def _supervise(slots: list[_Slot], complete: Callable[[], bool] | None = None) -
         if len(slots) > 1:
             log.warning("stopping %d workers: running trials are marked interrupted and run again on resume",
                         sum(p.poll() is None for p in procs))
-        _stop(procs, signum)
+        stop_children(procs, signum)  # the policy: sweep/lifecycle.py
         return 128 + int(signum)
     finally:
         for slot in slots:
@@ -199,18 +197,3 @@ def _forward(stream: IO[bytes], view: View | None) -> None:
         else:
             _say(line)
     stream.close()
-
-
-def _stop(procs: list[subprocess.Popen], signum: int) -> None:
-    """Forward the signal (a worker ignores a second one), wait, then kill what is left."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signum)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for p in procs:
-        try:
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.error("worker %d did not stop within %.0f s; killing it", p.pid, STOP_GRACE_SECONDS)
-            p.kill()
-            p.wait()

@@ -19,6 +19,7 @@ from sweep import config as config_mod
 from sweep import data as data_mod
 from sweep import backend, ranking, search
 from sweep.errors import ConfigError, first_line
+from sweep.lifecycle import stop_on_signals
 from sweep.record import (CONFIG_ATTR, CONFIRMED_BY, CONFIRMS, PARENT_ATTR, TARGET_ATTR, load_study,  # noqa: F401 (re-exported)
                           name_metrics, stored_config)
 from sweep.runner import handover
@@ -524,7 +525,7 @@ def _work(p: Prepared, data: data_mod.Dataset, n_trials: int | None, extra_callb
     if keeper is not None:
         callbacks.append(keeper)
     try:
-        with worker.stop_on_signals():
+        with stop_on_signals():
             worker.work(p.study, objective, cfg, explicit_plan=p.configs is not None, lock_url=p.stores.optuna,
                         lock_wait=p.workers.storage_outage, heartbeat=heartbeat, poll_seconds=min(interval, 2), n_trials=n_trials,
                         callbacks=callbacks, handover=_bound(p) if handover.supervised() else None,

@@ -5,7 +5,8 @@ Our own ask-and-tell loop rather than `study.optimize`, for three things `optimi
   ask together never get a surplus trial and a sampled study trains exactly `n_trials`;
 - keep the heartbeat alive through a database outage (`liveness.Heartbeat`);
 - stop cleanly on SIGTERM as on Ctrl-C (the trial ends FAIL, marked interrupted, and is run
-  again on resume), and survive a `tell` that meets a dead connection.
+  again on resume: the policy is sweep/lifecycle.py's), and survive a `tell` that meets a dead
+  connection.
 Stale trials of dead workers are failed and re-queued by Optuna's own `fail_stale_trials`.
 """
 
@@ -15,15 +16,13 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, Union
 
 from sweep.errors import TrialFailed
+from sweep.lifecycle import hold_stop, release_stop, trial_process
 from sweep.storage import study_lock
 from sweep.record import state_name  # noqa: F401 (sweep.runner.status reads it from here)
 
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
-ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
-_stopping_installed = False  # stop_on_signals' handler is in place (it nests)
-_held: list[int] | None = None  # while not None, a stop is kept here rather than raised (hold_stop)
 T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
 Values = Union[float, Sequence[float]]
@@ -47,106 +43,9 @@ Values = Union[float, Sequence[float]]
 def worker_name() -> str:
     """How this process is named on its trials and in `sweep status`: one name for a chain of
     processes that hand over to each other (sweep/runner/handover.py), that of the command's."""
-    from sweep.runner.handover import ENV_SUPERVISOR
-
-    pid = os.environ.get(ENV_SUPERVISOR) or str(os.getpid())
+    route = trial_process()
+    pid = route.supervisor if route is not None else os.getpid()
     return os.environ.get(ENV_WORKER_NAME) or f"{socket.gethostname()}-{pid}"
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the running trial is marked interrupted and run again on resume."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM interrupt the trial once; a second signal is not needed and is ignored
-    (it would otherwise break the clean-up of the first: telling Optuna, closing the MLflow run)."""
-    global _stopping_installed
-    if threading.current_thread() is not threading.main_thread() or _stopping_installed:
-        # signals are delivered to the main thread only, where its owner handles them; nested, the
-        # outermost handler stays, so an echo that lands while an inner block unwinds is still one stop
-        yield
-        return
-    stopping: tuple[int, float] | None = None
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if stopping is not None:
-            (log.debug if _echo(stopping, signum) else log.warning)(
-                "already stopping (%s ignored)", signal.Signals(signum).name)
-            return
-        stopping = (signum, time.monotonic())
-        if _held is not None:
-            _held.append(signum)  # raised by release_stop(), once the trial is in a state to be told
-            return
-        raise Interrupted(signum)
-
-    def unraisable(u: Any) -> None:
-        # a signal that lands while a finalizer or weakref callback runs (SQLAlchemy has them) raises
-        # there, where Python swallows it ("Exception ignored in ..."), and the trial would train on
-        # till the supervisor's grace ran out: deliver it again, outside that callback
-        nonlocal stopping
-        if isinstance(u.exc_value, Interrupted):
-            stopping = None
-            # from another thread: the handler then runs in this one once the callback has returned
-            threading.Timer(0.01, os.kill, (os.getpid(), u.exc_value.signum)).start()
-            return
-        old_hook(u)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    _stopping_installed = True
-    try:
-        yield
-    finally:
-        _stopping_installed = False
-        sys.unraisablehook = old_hook
-        for s, h in old.items():
-            # once stopped, the echo may still be on its way while the process unwinds and exits
-            signal.signal(s, h if stopping is None else _echo_then(stopping, h))
-
-
-def hold_stop() -> None:
-    """From here until `release_stop()`, a stop is kept rather than raised. A trial is RUNNING from
-    the moment `study.ask()` commits it, but only the code that runs it can tell it FAIL+interrupted:
-    a stop raised in between (the study lock being released, the heartbeat starting) would leave it
-    RUNNING until its heartbeat went stale, and a stop raised inside `study.tell` could do the same
-    to a trial that had finished training. Both windows are a few milliseconds, found under load."""
-    global _held
-    _held = []
-
-
-def release_stop() -> None:
-    """Raise the stop kept since `hold_stop()`, if one came."""
-    global _held
-    held, _held = _held, None
-    if held:
-        raise Interrupted(held[0])
-
-
-def _echo(stopping: tuple[int, float], signum: int) -> bool:
-    """Whether `signum` repeats the signal that stopped us: Ctrl-C reaches a whole process group,
-    and a supervisor forwards it once more."""
-    return signum == stopping[0] and time.monotonic() - stopping[1] < ECHO_SECONDS
-
-
-def _echo_then(stopping: tuple[int, float], old: Any) -> Callable[[int, Any], None]:
-    """A handler that drops the echo of the signal that stopped us, and otherwise acts as `old`."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if _echo(stopping, signum):
-            log.debug("already stopping (%s ignored)", signal.Signals(signum).name)
-        elif callable(old):
-            old(signum, frame)
-        elif old != signal.SIG_IGN:  # SIG_DFL: what the signal does by default
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    return handler
 
 
 def done(trials: list[T]) -> list[T]:

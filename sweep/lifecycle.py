@@ -1,0 +1,229 @@
+"""Processes and signals: the one route from the command the user started to the trials, and the
+one policy for Ctrl-C and SIGTERM. Every signal handler of sweep is installed here.
+
+The route of `sweep run STUDY` (and `sweep worker`), with the default hand-over bound:
+
+    sweep run STUDY                      the supervisor: the process the user started (sweep.cli)
+      └ sweep --trial-process PID:STATE run STUDY
+                                         a trial process: sets the study up, runs the trial loop
+                                         (sweep.runner.study -> sweep.runner.worker); at its memory
+                                         bound it exits HANDOVER_EXIT and the supervisor starts the
+                                         same command again (sweep.runner.handover)
+
+and of `sweep run STUDY --workers N`: the command sets the study up itself, then supervises N
+trial processes `sweep --trial-process PID:STATE worker STUDY` (sweep.runner.pool). The hidden
+`--trial-process` option is what makes a process a trial process: its supervisor's pid and the
+file through which one process of a chain hands over to the next. It is on the command line, where
+`ps` shows the route; store URLs, which may hold a password, go in the environment instead.
+`sweep server` runs `mlflow server` under a guard of its own (sweep.server).
+
+The policy, for one signal, SIGINT (Ctrl-C) or SIGTERM (`docker compose stop`, Kubernetes):
+- A trial process stops its running trial: the trial ends FAIL and marked interrupted in Optuna
+  (run again on resume, or by a worker still running), its MLflow run KILLED; the process exits
+  130 (SIGINT) or 143 (SIGTERM). While a trial is being taken or told, the stop waits those few
+  milliseconds (`hold_stop`), so that no trial is ever left RUNNING by a stop.
+- A supervisor forwards the signal to its trial processes, waits up to STOP_GRACE_SECONDS for
+  them, kills what is left (its trial then goes stale and is retried), and exits 128 + signal.
+  A trial process dies with its supervisor, SIGKILL included (`die_with_supervisor`).
+- A second signal is ignored: the first one's clean-up (telling Optuna, closing the MLflow run)
+  must not be broken. Ctrl-C reaches the terminal's whole process group and the supervisor
+  forwards it once more, so every trial process sees the same signal twice; that echo is dropped
+  silently (ECHO_SECONDS), any other repeat with a warning.
+- `sweep server` stops its server, whose guard stops the server's whole process group.
+Optuna installs no handler: `study.optimize` catches KeyboardInterrupt and fails the trial. Ours
+are needed for SIGTERM, for the echo, and for the windows around `ask` and `tell`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+TRIAL_PROCESS_OPTION = "--trial-process"  # sweep.cli's hidden global option
+STOP_GRACE_SECONDS = 30.0  # a supervisor's wait for its trial processes to close their trials
+ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_stopping_installed = False  # stop_on_signals' handler is in place (it nests)
+_held: list[int] | None = None  # while not None, a stop is kept here rather than raised (hold_stop)
+
+
+# -- the route -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialProcess:
+    """What makes this process a trial process: given by its supervisor on its command line."""
+
+    supervisor: int  # the supervisor's pid: one name for the whole chain (sweep status)
+    state: Path  # the hand-over state file (sweep.runner.handover)
+
+
+_trial_process: TrialProcess | None = None
+
+
+def trial_process_command(argv: list[str], state: str | Path) -> list[str]:
+    """The command line of a trial process this process supervises: the same `sweep` command."""
+    return [sys.executable, "-m", "sweep", TRIAL_PROCESS_OPTION, f"{os.getpid()}:{state}", *argv]
+
+
+def become_trial_process(spec: str) -> None:
+    """Called by the CLI with `--trial-process PID:STATE`, before the command runs."""
+    global _trial_process
+    pid, _, state = spec.partition(":")
+    if not pid.isdigit() or not state:
+        raise ValueError(f"{TRIAL_PROCESS_OPTION}: expected PID:STATE_FILE, got {spec!r}")
+    _trial_process = TrialProcess(int(pid), Path(state))
+    die_with_supervisor(_trial_process.supervisor)
+
+
+def trial_process() -> TrialProcess | None:
+    """This process's place on the route, or None when the user started it (a supervisor, or a
+    command that runs its trials itself)."""
+    return _trial_process
+
+
+def die_with_supervisor(supervisor: int) -> None:
+    """A trial process dies with its supervisor, SIGKILL included (Linux's PR_SET_PDEATHSIG):
+    killing the process the user started must stop the trial, which then goes stale and is
+    retried, exactly as when that process ran the trial itself."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != supervisor:  # the supervisor died before the line above
+        os._exit(128 + signal.SIGKILL)
+
+
+# -- a trial process, and any command that runs trials ------------------------------------------
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the running trial is marked interrupted and run again on resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` once; a second signal is ignored (see the policy)."""
+    global _stopping_installed
+    if threading.current_thread() is not threading.main_thread() or _stopping_installed:
+        # signals are delivered to the main thread only, where its owner handles them; nested, the
+        # outermost handler stays, so an echo that lands while an inner block unwinds is still one stop
+        yield
+        return
+    stopping: tuple[int, float] | None = None
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping is not None:
+            (log.debug if _echo(stopping, signum) else log.warning)(
+                "already stopping (%s ignored)", signal.Signals(signum).name)
+            return
+        stopping = (signum, time.monotonic())
+        if _held is not None:
+            _held.append(signum)  # raised by release_stop(), once the trial is in a state to be told
+            return
+        raise Interrupted(signum)
+
+    def unraisable(u: Any) -> None:
+        # a signal that lands while a finalizer or weakref callback runs (SQLAlchemy has them) raises
+        # there, where Python swallows it ("Exception ignored in ..."), and the trial would train on
+        # till the supervisor's grace ran out: deliver it again, outside that callback
+        nonlocal stopping
+        if isinstance(u.exc_value, Interrupted):
+            stopping = None
+            # from another thread: the handler then runs in this one once the callback has returned
+            threading.Timer(0.01, os.kill, (os.getpid(), u.exc_value.signum)).start()
+            return
+        old_hook(u)
+
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    _stopping_installed = True
+    try:
+        yield
+    finally:
+        _stopping_installed = False
+        sys.unraisablehook = old_hook
+        for s, h in old.items():
+            # once stopped, the echo may still be on its way while the process unwinds and exits
+            signal.signal(s, h if stopping is None else _echo_then(stopping, h))
+
+
+def hold_stop() -> None:
+    """From here until `release_stop()`, a stop is kept rather than raised. A trial is RUNNING from
+    the moment `study.ask()` commits it, but only the code that runs it can tell it FAIL+interrupted:
+    a stop raised in between (the study lock being released, the heartbeat starting) would leave it
+    RUNNING until its heartbeat went stale, and a stop raised inside `study.tell` could do the same
+    to a trial that had finished training. Both windows are a few milliseconds, found under load."""
+    global _held
+    _held = []
+
+
+def release_stop() -> None:
+    """Raise the stop kept since `hold_stop()`, if one came."""
+    global _held
+    held, _held = _held, None
+    if held:
+        raise Interrupted(held[0])
+
+
+def _echo(stopping: tuple[int, float], signum: int) -> bool:
+    """Whether `signum` repeats the signal that stopped us: Ctrl-C reaches a whole process group,
+    and a supervisor forwards it once more."""
+    return signum == stopping[0] and time.monotonic() - stopping[1] < ECHO_SECONDS
+
+
+def _echo_then(stopping: tuple[int, float], old: Any) -> Callable[[int, Any], None]:
+    """A handler that drops the echo of the signal that stopped us, and otherwise acts as `old`."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if _echo(stopping, signum):
+            log.debug("already stopping (%s ignored)", signal.Signals(signum).name)
+        elif callable(old):
+            old(signum, frame)
+        elif old != signal.SIG_IGN:  # SIG_DFL: what the signal does by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
+
+
+# -- a supervisor --------------------------------------------------------------------------------
+
+def stop_children(procs: list[subprocess.Popen], signum: int) -> None:
+    """Forward the signal (a trial process ignores a second one), wait, then kill what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker %d did not stop within %.0f s; killing it", p.pid, STOP_GRACE_SECONDS)
+            p.kill()
+            p.wait()
+
+
+def on_stop_signals(callback: Callable[[], None]) -> None:
+    """`callback()` on SIGINT and SIGTERM, for a process that stops in its own loop (sweep.server's
+    guard). SIGINT explicitly as well: a process started with SIGINT ignored (`cmd &` in a script,
+    nohup) inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda *_: callback())
