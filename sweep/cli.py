@@ -287,7 +287,9 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     from sweep import backend
     from sweep.runner.pool import run_workers
     from sweep.tracking.sync import replay_unfinished
-    from sweep.runner.study import prepare, summarize, view
+    from sweep.runner.setup import prepare
+    from sweep.runner.study import view
+    from sweep.runner.summary import summarize
     from sweep.storage import resolve, settings
 
     if n_trials is not None:

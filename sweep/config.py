@@ -720,7 +720,7 @@ def load(path: str | Path) -> StudyConfig:
 
 
 def from_json(text: str, source: str) -> StudyConfig:
-    """A config stored with a study (see `sweep.runner.study`), validated again on the way in."""
+    """A config stored with a study (see `sweep.runner.setup`), validated again on the way in."""
     return parse(json.loads(text), source, stored=True)
 
 

@@ -24,7 +24,7 @@ from sweep import config
 from sweep import stats
 from sweep.analysis.compare import compare_samples, config_labels, format_comparison
 from sweep.errors import SweepError
-from sweep.runner.study import CONFIG_ATTR
+from sweep.record import CONFIG_ATTR
 
 RELU = [0.9901, 0.9893, 0.9910]
 LEAKY = [0.9921, 0.9930, 0.9925]  # clearly higher, small spread

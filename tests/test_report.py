@@ -21,7 +21,7 @@ from sweep.cli import app
 from sweep.analysis.compare import COLUMNS
 from sweep.analysis.report import FIGURES, REPORT, TABLE
 from sweep.models import activation_layers
-from sweep.runner.study import PARENT_ATTR
+from sweep.record import PARENT_ATTR
 
 LAYERS = activation_layers("seed_cnn")
 PNG = b"\x89PNG\r\n\x1a\n"

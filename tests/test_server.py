@@ -20,7 +20,7 @@ from helpers import (TESTS, free_port, postgres_database, fail_without_postgres,
 from mlflow import MlflowClient
 
 import sweep
-import sweep.runner.study
+import sweep.record
 from sweep.runner import objective as obj
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
@@ -222,7 +222,7 @@ def test_no_password_anywhere(served_sweep: dict[str, Any]) -> None:
     texts = {"what sweep.run logged": run_log, "the experiment": repr(exp)}
     for r in runs:
         texts[f"run {r.info.run_name}"] = repr(r.info) + repr(r.data.params) + repr(r.data.tags)
-    stored = sweep.runner.study.load_study(study.study_name, served_sweep["optuna"])
+    stored = sweep.record.load_study(study.study_name, served_sweep["optuna"])
     system_attrs = stored._storage.get_study_system_attrs(stored._study_id)  # Optuna 5 has no public reader
     texts["the Optuna study"] = repr(stored.user_attrs) + repr(system_attrs)
     for t in stored.get_trials():
@@ -278,7 +278,7 @@ def test_two_workers_share_one_study(served_sweep: dict[str, Any]) -> None:
     # they logged through the tracking URI with the secret, and showed it masked only
     assert SECRET in env["MLFLOW_TRACKING_URI"] and "mlflow=http://sweep:***@" in "".join(outs), outs
     assert SECRET not in "".join(outs)
-    study = sweep.runner.study.load_study("two-workers", served_sweep["optuna"])
+    study = sweep.record.load_study("two-workers", served_sweep["optuna"])
     # trials are taken under the study lock: exactly the plan, no surplus trial
     keys = sorted((t.user_attrs["config_index"], t.user_attrs["repeat"]) for t in study.get_trials())
     assert keys == [(i, r) for i in range(3) for r in range(2)]

@@ -24,7 +24,7 @@ import sweep
 from sweep.models.activations import resolve_params
 from sweep.runner import objective as obj
 from sweep.errors import ConfigError
-from sweep.runner.study import CONFIG_ATTR, PARENT_ATTR
+from sweep.record import CONFIG_ATTR, PARENT_ATTR
 
 POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 

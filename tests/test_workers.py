@@ -465,10 +465,11 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
     to `sweep run --workers`. The stop is held for those few milliseconds and raised once the trial
     can be told: FAIL and interrupted (run again on resume) if it had not begun, COMPLETE if it had
     finished. The signal is real; only its moment is chosen, from inside Optuna's own ask or tell."""
-    import contextlib
+    import functools
 
     from sweep import config, lifecycle
     from sweep.runner import worker
+    from sweep.storage import study_lock
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="held", storage=url, direction="maximize")
@@ -496,8 +497,8 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
     try:
         with pytest.raises(lifecycle.Interrupted):
             with lifecycle.stop_on_signals():
-                worker.work(study, objective, cfg, explicit_plan=False, lock_url=url,
-                            heartbeat=lambda trial_id: contextlib.nullcontext(), poll_seconds=0.1, n_trials=2)
+                worker.work(study, objective, cfg, worker.Hooks(),
+                            functools.partial(study_lock, url, "held"), poll_seconds=0.1, n_trials=2)
     finally:
         for s, h in before.items():
             signal.signal(s, h)
@@ -863,7 +864,7 @@ def test_max_retry_caps_how_often_a_dead_workers_trial_is_queued_again(tmp_path:
     from sweep.config import WorkerSettings
     from sweep.runner import worker
     from sweep.runner.liveness import StaleTrialCallback
-    from sweep.runner.study import open_storage
+    from sweep.runner.setup import open_storage
 
     ws = WorkerSettings(heartbeat_interval=1, grace_period=2, max_retry=max_retry)
     rdb = open_storage(f"sqlite:///{tmp_path / 'o.db'}", ws, StaleTrialCallback(ws.max_retry))

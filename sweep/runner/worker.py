@@ -19,11 +19,11 @@ import os
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, Union
 
 from sweep.errors import TrialFailed
 from sweep.lifecycle import hold_stop, release_stop, trial_process
-from sweep.storage import study_lock
 from sweep.record import state_name  # noqa: F401 (sweep.runner.status reads it from here)
 
 if TYPE_CHECKING:
@@ -169,45 +169,51 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
     _tell(study, trial, TrialState.COMPLETE, value)
 
 
-def work(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], Values],
-    cfg: StudyConfig,
-    *,
-    explicit_plan: bool,
-    lock_url: str,
-    lock_wait: float = 0.0,
-    heartbeat: Callable[[int], contextlib.AbstractContextManager],
-    poll_seconds: float,
-    n_trials: int | None = None,
-    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    handover: Callable[[int], str | None] | None = None,
-    requeue: Callable[[optuna.Study], None] | None = None,
-) -> int:
+@dataclass(frozen=True)
+class Hooks:
+    """What the trial loop calls around its trials, as keras-tuner's tuner calls `on_trial_begin`
+    and `on_trial_end`: the one place where the loop meets the rest of a worker."""
+
+    # a trial begins: a context kept while it runs (its heartbeat, sweep/runner/liveness.py)
+    heartbeat: Callable[[int], contextlib.AbstractContextManager] = lambda trial_id: contextlib.nullcontext()
+    # a trial ended and Optuna was told: the terminal's line, the models kept (sweep/tracking/models.py)
+    trial_end: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()
+    # stop: between two trials (`ran` of them here), why this process should give way to a fresh
+    # one (sweep/runner/handover.py), or None
+    hand_over: Callable[[int], str | None] | None = None
+    # under the study lock before each take: queue again what other workers left interrupted
+    requeue: Callable[[optuna.Study], None] | None = None
+
+
+def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: StudyConfig, hooks: Hooks,
+         lock: Callable[[], contextlib.AbstractContextManager], *, poll_seconds: float,
+         n_trials: int | None = None) -> int:
     """Run trials until the study has what it needs (or `n_trials` ran here). Returns how many ran.
 
-    With nothing left to take while other workers' trials run, wait for them: if one of those
-    workers dies, its trial goes stale and this worker runs the retry. `handover(ran)` says, between
-    two trials, why this process should give way to a fresh one (sweep/runner/handover.py); it
-    then raises `HandOver`, but only while the study has a trial left to take. `requeue(study)`,
-    under the study lock before each take, queues again what other workers left interrupted.
-    `lock_wait`: how long that lock waits for an unreachable database.
+    Each trial is taken under `lock()`, the study lock that workers share (sweep.storage.study_lock).
+    With nothing left to take while other workers' trials run, wait for them, looking again every
+    `poll_seconds`: if one of those workers dies, its trial goes stale and this worker runs the
+    retry. When `hooks.hand_over` gives a reason, `HandOver` is raised, but only while the study
+    has a trial left to take.
     """
     from optuna.trial import TrialState
 
     from sweep.runner.handover import HandOver
 
+    from sweep import search
+
+    explicit_plan = search.plan(cfg.search) is not None
     ran = 0
     waiting_for_others = False
     why, asked = None, 0
     while n_trials is None or ran < n_trials:
         fail_stale(study)
-        if handover is not None and ran > asked:  # once per trial run, not per wait
-            asked, why = ran, handover(ran)
+        if hooks.hand_over is not None and ran > asked:  # once per trial run, not per wait
+            asked, why = ran, hooks.hand_over(ran)
         try:
-            with study_lock(lock_url, study.study_name, wait=lock_wait):
-                if requeue is not None:
-                    requeue(study)
+            with lock():
+                if hooks.requeue is not None:
+                    hooks.requeue(study)
                 if why is not None and _more(study, cfg, explicit_plan):
                     raise HandOver(ran, why)
                 trial = _next_trial(study, cfg, explicit_plan)
@@ -227,10 +233,10 @@ def work(
         waiting_for_others = False
         ran += 1
         try:
-            _run_one(study, trial, objective, heartbeat)
+            _run_one(study, trial, objective, hooks.heartbeat)
         finally:
             gc.collect()
         frozen = study._storage.get_trial(trial._trial_id)
-        for callback in callbacks:
-            callback(study, frozen)
+        for trial_end in hooks.trial_end:
+            trial_end(study, frozen)
     return ran
