@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep.errors import ConfigError
+from sweep.lifecycle import export
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def use() -> Choice:
         if current != choice.name:
             raise ConfigError(ENV, [f"Keras already runs on {current} in this process, not {choice.name}"])
         return choice
-    os.environ[ENV] = choice.name
+    export(ENV, choice.name)
     return choice
 
 

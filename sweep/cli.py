@@ -13,8 +13,11 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from sweep.errors import SweepError
-from sweep.lifecycle import TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals, trial_process
+from sweep.lifecycle import (ENV_WORKER_NAME, TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process,
+                             mlflow_http_retries, quiet_libraries, stop_on_signals, trial_process)
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
+from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
+                           ENV_TRACKING)
 
 app = typer.Typer(
     help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
@@ -27,10 +30,10 @@ app = typer.Typer(
 log = logging.getLogger("sweep")
 
 StorageOpt = typer.Option(
-    None, "--storage", help="Optuna storage URL [env SWEEP_OPTUNA_STORAGE; default sqlite:///sweep-optuna.db]"
+    None, "--storage", help=f"Optuna storage URL [env {ENV_OPTUNA}; default sqlite:///{DEFAULT_OPTUNA_DB}]"
 )
 TrackingOpt = typer.Option(
-    None, "--tracking-uri", help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///sweep-mlflow.db]"
+    None, "--tracking-uri", help=f"MLflow tracking URI [env {ENV_TRACKING}; default sqlite:///{DEFAULT_MLFLOW_DB}]"
 )
 
 
@@ -39,18 +42,11 @@ VerboseOpt = typer.Option(False, "--verbose", "-v",
                                "libraries' own logs (TensorFlow, MLflow, Optuna)")
 
 
-def _use_config(path: Optional[str]) -> Optional[str]:
-    # every command resolves stores through sweep.storage.resolve, which reads SWEEP_CONFIG
-    if path:
-        os.environ["SWEEP_CONFIG"] = path
-    return path
-
-
 ThreadsOpt = typer.Option(None, "--threads-per-worker", min=1,
-                          help="TensorFlow threads per worker process [env TF_NUM_INTRAOP_THREADS; default: "
+                          help=f"TensorFlow threads per worker process [env {TF_THREADS[0]}; default: "
                                "the cores shared out between workers; one worker: TensorFlow's own]")
-ConfigOpt = typer.Option(None, "--config", callback=_use_config,
-                         help="settings file [env SWEEP_CONFIG; default ./mlflow.yaml]")
+ConfigOpt = typer.Option(None, "--config",
+                         help=f"settings file [env {ENV_CONFIG}; default ./{DEFAULT_CONFIG}]")
 
 
 class _DropTraceback(logging.Filter):
@@ -78,14 +74,8 @@ def _setup_logging(verbose: bool, console: bool = False) -> None:
     """`verbose`: debug lines from sweep and TensorFlow's own log. `console`: for the commands that
     train, stderr goes through one console (a live footer on a terminal; TensorFlow's C++ notices
     filtered, see sweep/console.py)."""
-    # TensorFlow's C++ log: its notices and grappler's "remapper failed" lines are not the user's to
-    # act on; a real failure reaches Python as an exception and fails the trial with its reason
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
-    # MLflow prints a "View run" URL per run over HTTP; our trial line already names the run
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # MLflow's own INFO lines ("Creating initial MLflow database tables...") on every new store;
-    # read by MLflow when it is first imported, which is later than this
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    quiet_libraries(verbose)
+    mlflow_http_retries()
     if console:
         from sweep.console import install
 
@@ -93,7 +83,7 @@ def _setup_logging(verbose: bool, console: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     # workers started by `sweep run --workers N` share one terminal: say whose line it is
-    who = os.environ.get("SWEEP_WORKER_NAME")
+    who = os.environ.get(ENV_WORKER_NAME)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
                                            "%H:%M:%S"))
     log.handlers[:] = [handler]
@@ -276,9 +266,10 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
 
 def _use_threads(threads: Optional[int]) -> None:
     if threads is not None:  # before TensorFlow starts: it reads them once
-        from sweep.runner.pool import use_threads
+        from sweep.lifecycle import export, tf_threads
 
-        use_threads(threads)
+        for name, value in tf_threads(threads, {}).items():
+            export(name, value)
 
 
 def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
@@ -417,8 +408,9 @@ def status(
 ) -> None:
     """Trials by state and by worker, running trials and their times, ETA."""
     from sweep.runner.status import format_status, status as study_status
+    from sweep.storage import resolve
 
-    st = study_status(study, storage=storage)
+    st = study_status(study, storage=resolve(storage, config=config))
     typer.echo(json.dumps(st.to_dict()) if as_json else format_status(st))
 
 
@@ -427,7 +419,7 @@ def best(
     study: str = typer.Argument(..., help="study name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
-    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    config: Optional[str] = ConfigOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -435,8 +427,9 @@ def best(
     otherwise the best trial. Value, activation params, MLflow run id; for a study of several
     metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
     from sweep.results import best_config
+    from sweep.storage import resolve
 
-    cfg = best_config(study, storage=storage, tracking_uri=tracking_uri)
+    cfg = best_config(study, storage=resolve(storage, tracking_uri, config))
     if as_json:
         typer.echo(json.dumps(cfg))
         return
@@ -457,7 +450,7 @@ def promote(
                                         help="promote this trial instead of the best (a study of several metrics needs it)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
-    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    config: Optional[str] = ConfigOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -465,8 +458,9 @@ def promote(
     alias `best` (a study does it itself when it completes): load it with
     mlflow.pyfunc.load_model("models:/STUDY@best") or sweep.load_model(STUDY)."""
     from sweep.results import promote as promote_model
+    from sweep.storage import resolve
 
-    out = promote_model(study, trial=trial, storage=storage, tracking_uri=tracking_uri)
+    out = promote_model(study, trial=trial, storage=resolve(storage, tracking_uri, config))
     if as_json:
         typer.echo(json.dumps(out))
         return
@@ -483,13 +477,14 @@ def promote(
 def trials(
     study: str = typer.Argument(..., help="study name"),
     storage: Optional[str] = StorageOpt,
-    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
     from sweep.results import trials_table
+    from sweep.storage import resolve
 
-    df = trials_table(study, storage=storage)
+    df = trials_table(study, storage=resolve(storage, config=config))
     typer.echo(df.to_string(index=False))
 
 
@@ -509,14 +504,15 @@ def compare(
                                    "(Benjamini-Hochberg)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     storage: Optional[str] = StorageOpt,
-    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Per configuration over repeats: mean, CI; vs baseline: difference, paired or Welch test, p raw and
     adjusted, effect size, minimum detectable difference."""
     from sweep.analysis.compare import compare as compare_configs, format_comparison
+    from sweep.storage import resolve
 
-    result = compare_configs(study, storage=storage, metric=metric, baseline=baseline,
+    result = compare_configs(study, storage=resolve(storage, config=config), metric=metric, baseline=baseline,
                              correction=correction, effect=effect)
     typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
 
@@ -528,14 +524,15 @@ def report(
     metric: str = MetricOpt,
     baseline: Optional[str] = BaselineOpt,
     storage: Optional[str] = StorageOpt,
-    config: Optional[str] = ConfigOpt,  # read through SWEEP_CONFIG by sweep.storage.resolve
+    config: Optional[str] = ConfigOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
     from sweep.analysis.report import report as write_report
+    from sweep.storage import resolve
 
-    folder = write_report(study, out=out, storage=storage, tracking_uri=tracking_uri, metric=metric,
+    folder = write_report(study, out=out, storage=resolve(storage, tracking_uri, config), metric=metric,
                           baseline=baseline)
     typer.echo(str(folder / "report.md"))
 
@@ -572,8 +569,8 @@ def server(
 def schema(
     storage: Optional[str] = StorageOpt,
     backend_store_uri: Optional[str] = typer.Option(
-        None, "--backend-store-uri", help="MLflow's database [env MLFLOW_BACKEND_STORE_URI; server.backend_store_uri; "
-        "default sqlite:///sweep-mlflow.db]; keep passwords off the command line: use mlflow.yaml with ${VAR}"),
+        None, "--backend-store-uri", help=f"MLflow's database [env {ENV_BACKEND}; server.backend_store_uri; "
+        f"default sqlite:///{DEFAULT_MLFLOW_DB}]; keep passwords off the command line: use mlflow.yaml with ${{VAR}}"),
     config: Optional[str] = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:

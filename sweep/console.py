@@ -24,19 +24,14 @@ import sys
 import threading
 from typing import TextIO
 
+from sweep.lifecycle import tf_log_level
+
 # Abseil/glog line: severity letter, MMDD, time, thread id, file:line]
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]\s]+:\d+\] ")
 _ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # TensorFlow's CPU-feature notice goes on over a second line without the Abseil prefix
 _CONTINUATION = ("To enable the following instructions:",)
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
-
-
-def _tf_level() -> int:
-    try:
-        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    except ValueError:
-        return 0
 
 
 class NativeFilter:
@@ -179,7 +174,7 @@ def install(live: bool | None = None, native_level: int | None = None) -> Consol
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    keep = NativeFilter(_tf_level() if native_level is None else native_level)
+    keep = NativeFilter(tf_log_level() if native_level is None else native_level)
     reader = threading.Thread(target=_pump, args=(read_fd, console, keep), name="sweep-stderr", daemon=True)
     reader.start()
     sys.stderr = _ConsoleWriter(console, real_fd)  # type: ignore[assignment]

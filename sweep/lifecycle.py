@@ -32,6 +32,12 @@ The policy, for one signal, SIGINT (Ctrl-C) or SIGTERM (`docker compose stop`, K
 - `sweep server` stops its server, whose guard stops the server's whole process group.
 Optuna installs no handler: `study.optimize` catches KeyboardInterrupt and fails the trial. Ours
 are needed for SIGTERM, for the echo, and for the windows around `ask` and `tell`.
+
+The process's environment is written here only. Some libraries read a setting from nowhere else,
+once, as they start: Keras its backend, TensorFlow its log level and thread pools, MLflow its own
+logging and its HTTP retries. A command sets them (`quiet_libraries`, `mlflow_http_retries`,
+`export`) before it imports those libraries, never over the user's own; a trial process is
+given them, and the store URLs, in the environment it starts with (`child_environment`).
 """
 
 from __future__ import annotations
@@ -46,14 +52,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 
 TRIAL_PROCESS_OPTION = "--trial-process"  # sweep.cli's hidden global option
+# a worker's name on its trials and log lines: a supervisor's trial processes are w0, w1, ...;
+# a user may name a `sweep worker` (a container's replica) the same way
+ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
 STOP_GRACE_SECONDS = 30.0  # a supervisor's wait for its trial processes to close their trials
 ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"  # TensorFlow's C++ log: 0 everything .. 3 errors only
+TF_THREADS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# MLflow retries each HTTP request itself, 7 times with backoff growing to 2 min (about 4 min in
+# all) before it raises: the sender would sit inside one request long after the server is back.
+# Short per-request retries, unless the user set their own; the sender retries as long as needed.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 _stopping_installed = False  # stop_on_signals' handler is in place (it nests)
 _held: list[int] | None = None  # while not None, a stop is kept here rather than raised (hold_stop)
@@ -227,3 +243,84 @@ def on_stop_signals(callback: Callable[[], None]) -> None:
     nohup) inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own."""
     for s in STOP_SIGNALS:
         signal.signal(s, lambda *_: callback())
+
+
+# -- the process's environment -------------------------------------------------------------------
+
+def quiet_libraries(verbose: bool) -> None:
+    """What a command shows of the libraries' own logs, set before it imports them."""
+    # TensorFlow's C++ log: its notices and grappler's "remapper failed" lines are not the user's to
+    # act on; a real failure reaches Python as an exception and fails the trial with its reason
+    os.environ.setdefault(TF_LOG_LEVEL, "0" if verbose else "3")
+    # MLflow prints a "View run" URL per run over HTTP; our trial line already names the run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") on every new store;
+    # read by MLflow when it is first imported, which is later than this
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def tf_log_level() -> int:
+    """TensorFlow's C++ log level in this process (sweep.console filters its notices by it)."""
+    try:
+        return int(os.environ.get(TF_LOG_LEVEL, "0"))
+    except ValueError:
+        return 0
+
+
+def mlflow_http_retries() -> None:
+    """MLFLOW_HTTP_DEFAULTS, for a process that logs to a tracking server while it trains."""
+    for var, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+
+
+def export(name: str, value: str) -> None:
+    """`name=value` in this process's environment, for a library that reads it there only, when it
+    starts (Keras: KERAS_BACKEND, sweep.backend), and for every process this one starts."""
+    os.environ[name] = value
+
+
+def tf_threads(threads: int, env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """TensorFlow's own settings for its thread pools, read when it starts (before any op)."""
+    env[TF_THREADS[0]] = str(threads)
+    env[TF_THREADS[1]] = "1" if threads == 1 else "2"
+    return env
+
+
+def threads_chosen() -> bool:
+    """Whether this process's TensorFlow threads were set (by the user, or a flag) already."""
+    return TF_THREADS[0] in os.environ
+
+
+def share_gpu(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Several trial processes on one GPU. By default TensorFlow maps nearly all of a GPU's memory
+    when it starts and JAX preallocates 75 % of it, so a second worker fails for want of memory;
+    each worker here takes memory as its trial needs it (TensorFlow's memory growth, JAX without
+    preallocation). A user's own setting wins: JAX's XLA_PYTHON_CLIENT_MEM_FRACTION caps each
+    process instead, and needs preallocation on. Nothing changes on a machine without a GPU."""
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
+def child_environment(values: Mapping[str, str], threads: int | None) -> dict[str, str]:
+    """The environment of a trial process: this one's, with `values` (the store URLs, which may
+    hold a password and so never go on a command line, and its worker name), the GPU shared, and
+    `threads` TensorFlow threads where given."""
+    env = share_gpu({**os.environ, **values})
+    return dict(tf_threads(threads, env) if threads is not None else env)
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for the block only (a library setting for one call)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError
-from sweep.storage import mask, optuna_storage, resolve, sqlite_path
+from sweep.storage import ENV_OPTUNA, Stores, mask, optuna_storage, resolve, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -71,7 +71,7 @@ def name_metrics(study: optuna.Study, metrics: list[str]) -> None:
             study.set_metric_names(list(metrics))
 
 
-def load_study(name: str, storage: str | None = None) -> optuna.Study:
+def load_study(name: str, storage: str | Stores | None = None) -> optuna.Study:
     """An existing study by name, or a SweepError naming the studies that do exist."""
     import optuna
 
@@ -81,7 +81,7 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
         # opening it would create an empty database: a typo must not leave files behind
         raise SweepError(
             f"no Optuna storage at {sqlite_file} (so no study {name!r}); run `sweep run STUDY_FILE` "
-            "here first, or pass --storage (or set SWEEP_OPTUNA_STORAGE) to where the study lives."
+            f"here first, or pass --storage (or set {ENV_OPTUNA}) to where the study lives."
         )
     rdb = optuna_storage(stores.optuna)
     try:

@@ -11,7 +11,7 @@ from sweep.runner import confirm
 from sweep.errors import SweepError, first_line
 from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
-from sweep.storage import mask, resolve
+from sweep.storage import Stores, mask, resolve
 
 if TYPE_CHECKING:
     import keras
@@ -27,7 +27,7 @@ ONE_SEED = ("one seed decided: every configuration ran once, so the best trial i
 BEST_ATTRS = (obj.SEED, obj.CONFIG_INDEX, obj.RUN_ID, obj.MODEL_URI, "input_shape", "num_classes", "test_accuracy")
 
 
-def best_config(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+def best_config(study: str, storage: str | Stores | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """The best configuration of `study` as a plain dict, enough to rebuild and retrain its model.
 
     Keys: study, judged_by, trial, value, metric, direction, params (activation and its
@@ -198,7 +198,7 @@ def _peek_best(study: str, url: str) -> tuple[dict[str, Any], str, str, dict, di
         isinstance(repeats, int) and repeats > 1
 
 
-def pareto_front(study: str, storage: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+def pareto_front(study: str, storage: str | Stores | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """The Pareto front of `study`: Optuna's `best_trials`, each enough to rebuild its model.
 
     Keys: study, metrics, directions, pareto (per trial: trial, values {metric: value}, params,
@@ -256,7 +256,7 @@ def _pareto(s: optuna.Study, cfg: StudyConfig, storage: str | None, tracking_uri
     }
 
 
-def load_model(study: str, trial: int | None = None, storage: str | None = None,
+def load_model(study: str, trial: int | None = None, storage: str | Stores | None = None,
                tracking_uri: str | None = None) -> keras.Model:
     """The Keras model a trial logged to MLflow, ready to predict: by default the best's (where
     configurations are repeated over seeds, the best configuration's representative repeat).
@@ -316,7 +316,7 @@ def load_model(study: str, trial: int | None = None, storage: str | None = None,
         mlflow.set_tracking_uri(before)
 
 
-def promote(study: str, trial: int | None = None, storage: str | None = None,
+def promote(study: str, trial: int | None = None, storage: str | Stores | None = None,
             tracking_uri: str | None = None) -> dict[str, Any]:
     """Register the best trial's model (or trial `trial`'s) in MLflow's Model Registry as a version
     of the registered model named like the study, with the alias `best`: afterwards
@@ -352,7 +352,7 @@ TABLE_COLUMNS = ("number", "state", "value", "activation", "leaky_alpha", "prelu
                  "seed", "worker", "mlflow_run_id", "fail_reason")
 
 
-def trials_table(study: str, storage: str | None = None) -> pd.DataFrame:
+def trials_table(study: str, storage: str | Stores | None = None) -> pd.DataFrame:
     """`sweep trials`: the columns of `TABLE_COLUMNS` a study has, one row per trial. Read as
     columns from Optuna's tables (sweep/peek.py) where it can be, else from `trials()`."""
     import pandas as pd
@@ -369,7 +369,7 @@ def trials_table(study: str, storage: str | None = None) -> pd.DataFrame:
     return df[[c for c in TABLE_COLUMNS if c in df]]
 
 
-def trials(study: str, storage: str | None = None) -> pd.DataFrame:
+def trials(study: str, storage: str | Stores | None = None) -> pd.DataFrame:
     """One row per trial: number, state, value, params (by name), seed, MLflow run id, times.
     A study of several metrics has a column per metric (Optuna's `values_<metric>`) for `value`."""
     s = load_study(study, storage)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
 from sweep.lifecycle import on_stop_signals, stop_on_signals
-from sweep.storage import Stores, check_database, check_separate, db_url, mask, scheme, seed_tracking
+from sweep.storage import ENV_BACKEND, Stores, check_database, check_separate, db_url, mask, scheme, seed_tracking
 
 if TYPE_CHECKING:
     from sweep.config import ServerSettings
@@ -34,7 +34,7 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 URL_ENV = "SWEEP_DATABASE_URL"
 # `mlflow server` reads --backend-store-uri from here (click `envvar=`) and hands it to its
 # uvicorn/gunicorn workers through their environment too
-MLFLOW_BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
+MLFLOW_BACKEND_ENV = ENV_BACKEND
 # the mlflow server's own output, beside the default stores (sweep-*.db, sweep-artifacts/)
 LOG_DIR = Path("sweep-logs")
 

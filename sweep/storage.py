@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import quote, unquote
 
 from sweep.errors import ConfigError, ServiceError, first_line
+from sweep.lifecycle import ENV_WORKER_NAME, TF_THREADS
 
 if TYPE_CHECKING:
     import optuna
@@ -42,8 +43,8 @@ DEPLOY_ENV = {
     ENV_TRACKING: "the MLflow tracking URI (sweep.storage.resolve)",
     ENV_CONFIG: "the settings file, mlflow.yaml (sweep.storage.settings)",
     ENV_BACKEND: "MLflow's database, for `sweep schema` (the MLflow server's own name for it)",
-    "SWEEP_WORKER_NAME": "the worker's name on its trials (sweep.runner.worker)",
-    "TF_NUM_INTRAOP_THREADS": "TensorFlow threads per trial process (sweep.runner.pool)",
+    ENV_WORKER_NAME: "the worker's name on its trials (sweep.runner.worker)",
+    TF_THREADS[0]: "TensorFlow threads per trial process (sweep.runner.pool)",
     "MLFLOW_TRACKING_USERNAME": "MLflow basic auth, read by MLflow's client in sweep",
     "MLFLOW_TRACKING_PASSWORD": "MLflow basic auth, read by MLflow's client in sweep",
 }
@@ -183,10 +184,16 @@ def _settings_file(config: str | Path | None) -> str | Path | None:
 
 
 def resolve(
-    storage: str | None = None, tracking_uri: str | None = None, config: str | Path | None = None
+    storage: str | Stores | None = None, tracking_uri: str | None = None, config: str | Path | None = None
 ) -> Stores:
     """Resolve both stores, highest first: argument (CLI flag) > environment variable >
-    mlflow.yaml > SQLite files in the working directory."""
+    mlflow.yaml > SQLite files in the working directory. Stores already resolved pass through, as
+    Optuna's `storage` takes a URL or a storage: a command resolves once, from its own flags and
+    `--config`, and hands the result down."""
+    if isinstance(storage, Stores):
+        if tracking_uri is not None or config is not None:
+            raise TypeError("resolve: resolved Stores take no tracking_uri or config")
+        return storage
     where = _settings_file(config)  # what is read is what the `-v` line names
     # no settings file: nothing to validate (and no pydantic import for `sweep best`)
     s = settings(where) if where else None

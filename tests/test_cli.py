@@ -66,6 +66,27 @@ def test_verbose_says_where_each_store_came_from(tmp_path: Path) -> None:
     assert "s3cret" not in loud.stderr + loud.stdout
 
 
+def test_config_reaches_a_command_as_its_argument_not_through_the_environment(tmp_path: Path) -> None:
+    """`--config` is read by the command that was given it and handed down as resolved stores
+    (sweep.storage.resolve): nothing is written to os.environ on the way, where it used to become
+    $SWEEP_CONFIG for every later step of the process. A $SWEEP_CONFIG of the user's still loses to it."""
+    import optuna
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+
+    team, other = tmp_path / "team.yaml", tmp_path / "other.yaml"
+    team.write_text(f"optuna_storage: sqlite:///{tmp_path / 'team.db'}\n")
+    other.write_text(f"optuna_storage: sqlite:///{tmp_path / 'other.db'}\n")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'team.db'}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    os.environ["SWEEP_CONFIG"] = str(other)  # restored after the test (conftest)
+    result = CliRunner().invoke(app, ["trials", "s", "--config", str(team)])
+    assert result.exit_code == 0, result.output
+    assert "COMPLETE" in result.output  # team.db's study, not other.yaml's
+    assert os.environ["SWEEP_CONFIG"] == str(other)
+
+
 def _sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=cwd)

@@ -108,7 +108,7 @@ def test_dataset_inputs_go_through_the_tracking_server(tmp_path: Path, tiny_npz:
 def test_no_validation_part_without_a_split(tiny_npz: Path) -> None:
     from sweep.config import DatasetConfig
     from sweep.data import load
-    from sweep.tracking.runs import dataset_inputs
+    from sweep.tracking.describe import dataset_inputs
 
     inputs = dataset_inputs(load(DatasetConfig(name="npz", path=tiny_npz, validation_split=0.0)))
     contexts = [t.value for di in inputs for t in di.tags if t.key == "mlflow.data.context"]

@@ -532,7 +532,7 @@ def test_ctrl_c_while_a_worker_starts_is_one_clean_stop(tmp_path: Path, tiny_npz
 def test_workers_share_a_gpu_unless_the_user_capped_memory() -> None:
     """Each worker takes GPU memory as it needs it; a user's JAX cap (which needs preallocation)
     or their own TensorFlow setting is kept, not overridden."""
-    from sweep.runner.pool import share_gpu
+    from sweep.lifecycle import share_gpu
 
     assert share_gpu({}) == {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     capped = share_gpu({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2", "TF_FORCE_GPU_ALLOW_GROWTH": "false"})

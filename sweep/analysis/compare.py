@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from sweep.config import StudyConfig
+    from sweep.storage import Stores
 
 COLUMNS = ("config", "n", "mean", "std", "ci_low", "ci_high", "test", "n_tested", "diff", "diff_ci_low",
            "diff_ci_high", "p_value", "p_adjusted", "significant", "effect_measure", "effect_size",
@@ -368,7 +369,7 @@ def _winner(study: str, storage: str | None) -> str | None:
     return best.label if best is not None else None
 
 
-def compare(study: str, storage: str | None = None, metric: str = "test_accuracy", baseline: str | None = None,
+def compare(study: str, storage: str | Stores | None = None, metric: str = "test_accuracy", baseline: str | None = None,
             confidence: float = 0.95, correction: str = "holm", effect: float | None = None) -> Comparison:
     """Per configuration: n, mean ± std and CI of `metric`; against `baseline`: the difference with
     its CI, the test that fits the design (paired by seed, else Welch), p raw and adjusted

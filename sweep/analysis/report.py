@@ -6,23 +6,23 @@ plots from the study; the same files are then logged as artifacts of the study's
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from sweep import diagnostics
 from sweep.analysis.compare import compare_study, format_comparison, trial_samples
 from sweep.errors import SweepError, first_line
+from sweep.lifecycle import environment
 from sweep.models import activation_layers
 from sweep.plots import save_with_legend_below
-from sweep.storage import mask, resolve
+from sweep.storage import Stores, mask, resolve
 from sweep.record import CONFIRMED_BY, PARENT_ATTR, load_study, stored_config
 
 if TYPE_CHECKING:
@@ -111,27 +111,13 @@ def _panels(plt: Any, hist: dict[str, dict[str, list[np.ndarray]]], colors: dict
     return save_with_legend_below(fig, axes[0][0], title, path)
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _alphas(client: MlflowClient, frame: pd.DataFrame, run_ids: dict[int, str]) -> dict[str, dict[str, np.ndarray]]:
     """PReLU alphas logged by each trial, pooled per configuration and layer."""
     name = diagnostics.ALPHA_FILES[0]
     pooled: dict[str, dict[str, list[np.ndarray]]] = {}
     # one progress bar per small download is noise on the terminal; respect an explicit setting
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")}
-    with tempfile.TemporaryDirectory() as tmp, _env(quiet):
+    with tempfile.TemporaryDirectory() as tmp, environment(quiet):
         for row in frame.itertuples(index=False):
             rid = run_ids[row.trial]
             if f"diagnostics/{name}" not in {a.path for a in client.list_artifacts(rid, "diagnostics")}:
@@ -252,7 +238,7 @@ def _alpha_table(alphas: dict[str, dict[str, np.ndarray]]) -> str:
     return "\n".join(rows)
 
 
-def report(study: str, out: str | Path | None = None, storage: str | None = None,
+def report(study: str, out: str | Path | None = None, storage: str | Stores | None = None,
            tracking_uri: str | None = None, metric: str = "test_accuracy",
            baseline: str | None = None) -> Path:
     """Write the study's report folder (default `reports/<study>`) and log it to its parent run.

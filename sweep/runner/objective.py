@@ -17,7 +17,7 @@ from sweep.models import activation_layers, build_model
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.storage import mask
-from sweep.tracking.runs import objective_metrics, run_label, short
+from sweep.tracking.describe import objective_metrics, run_label, short
 from sweep.training import numeric, train
 
 if TYPE_CHECKING:

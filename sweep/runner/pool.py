@@ -30,49 +30,20 @@ import time
 from pathlib import Path
 from typing import IO, Callable
 
-from sweep.lifecycle import stop_children, trial_process_command
+from sweep.lifecycle import ENV_WORKER_NAME, child_environment, stop_children, threads_chosen, trial_process_command
 from sweep.runner.handover import HANDOVER_EXIT
 from sweep.runner.progress import ENV_MODE, View, read_event
-from sweep.runner.worker import ENV_WORKER_NAME
-from sweep.storage import ENV_CONFIG, ENV_OPTUNA, ENV_TRACKING, Stores
+from sweep.storage import ENV_OPTUNA, ENV_TRACKING, Stores
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often the supervisor looks at its workers (a hand-over waits this long)
 
 
-def use_threads(threads: int, env: dict[str, str] | None = None) -> dict[str, str]:
-    """TensorFlow's own settings for its thread pools, read when it starts (before any op)."""
-    env = os.environ if env is None else env
-    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    env["TF_NUM_INTEROP_THREADS"] = "1" if threads == 1 else "2"
-    return env
-
-
 def default_threads(workers: int) -> int:
     """The cores shared out between workers. One small CNN does not keep two cores busy: two
     1-thread processes trained 1.21x the samples/s of one 2-thread process (benchmarks/README.md)."""
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def share_gpu(env: dict[str, str]) -> dict[str, str]:
-    """Several trial processes on one GPU. By default TensorFlow maps nearly all of a GPU's memory
-    when it starts and JAX preallocates 75 % of it, so a second worker fails for want of memory;
-    each worker here takes memory as its trial needs it (TensorFlow's memory growth, JAX without
-    preallocation). A user's own setting wins: JAX's XLA_PYTHON_CLIENT_MEM_FRACTION caps each
-    process instead, and needs preallocation on. Nothing changes on a machine without a GPU."""
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    return env
-
-
-def _env(stores: Stores, config: str | Path | None, name: str, threads: int | None) -> dict[str, str]:
-    env = share_gpu({**os.environ, ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking,
-                     ENV_WORKER_NAME: name})
-    if config is not None:
-        env[ENV_CONFIG] = str(Path(config).resolve())
-    return use_threads(threads, env) if threads is not None else env
 
 
 def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
@@ -86,12 +57,14 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
 
     Their stderr comes through this process, a line at a time, so lines from N workers never
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
-    if threads is None and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # else the user's, or the flag's
+    if threads is None and not threads_chosen():  # else the user's, or the flag's
         threads = default_threads(workers)
-    argv = [*(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else [])]
+    argv = [*(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else []),
+            *(["--config", str(Path(config).resolve())] if config is not None else [])]
     slots = []
     for i in range(workers):
-        env = _env(stores, config, f"w{i}", threads)
+        env = child_environment({ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: f"w{i}"},
+                                threads)
         if view is not None and view.mode == "live":
             env[ENV_MODE] = "events"
         slots.append(_Slot(argv, env, view=view, pipe=True))

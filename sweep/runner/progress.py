@@ -224,7 +224,7 @@ def trial_done(view: View, search: SearchConfig, worker: str) -> Callable[[Any, 
     from sweep import ranking
     from sweep.record import FAIL_REASON
     from sweep.runner.worker import done
-    from sweep.tracking.runs import short
+    from sweep.tracking.describe import short
 
     metrics = search.metrics
 

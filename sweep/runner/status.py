@@ -19,6 +19,7 @@ from sweep.runner.worker import done, target
 
 if TYPE_CHECKING:
     from sweep.config import StudyConfig
+    from sweep.storage import Stores
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Status:
         return self.__dict__.copy()
 
 
-def status(study: str, storage: str | None = None) -> Status:
+def status(study: str, storage: str | Stores | None = None) -> Status:
     """The state of `study` now, as `sweep status` prints it."""
     tally = _tally(study, storage)
     now = dt.datetime.now()

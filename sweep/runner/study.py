@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep import data as data_mod
 from sweep import backend, search
-from sweep.lifecycle import stop_on_signals
+from sweep.lifecycle import mlflow_http_retries, stop_on_signals
 from sweep.runner import handover
 from sweep.runner import objective as obj
 from sweep.runner import progress
@@ -50,9 +50,12 @@ def run(
     `storage` (its stored config is used). `n_trials` caps the trials this call runs. `config`
     is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence). `join`:
     this process is one of several workers (its sampler draws from its own seed).
-    Everything is validated and the data loaded before either store is written.
+    Everything is validated and the data loaded before either store is written. Like a command,
+    it sets what Keras and MLflow read from this process's environment only (KERAS_BACKEND, unless
+    Keras is imported already; MLflow's HTTP retries, unless set): sweep/lifecycle.py.
     """
     chosen = backend.use()  # before anything imports Keras (the data pipelines may)
+    mlflow_http_retries()  # a tracking server's outage is ridden out by the sender, not inside one request
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     workers = settings(config).workers
     before = handover.arrived()  # this process goes on from an earlier one of its chain

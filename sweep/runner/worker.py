@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, Union
 
 from sweep.errors import TrialFailed
-from sweep.lifecycle import hold_stop, release_stop, trial_process
+from sweep.lifecycle import ENV_WORKER_NAME, hold_stop, release_stop, trial_process
 from sweep.record import state_name  # noqa: F401 (sweep.runner.status reads it from here)
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
 T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
 Values = Union[float, Sequence[float]]

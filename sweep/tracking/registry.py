@@ -112,7 +112,7 @@ def promote_best(study: Any, search: SearchConfig, client: MlflowClient, trial: 
 
     from sweep import ranking
     from sweep.record import CONFIRMED_BY, MODEL_URI, RUN_ID
-    from sweep.tracking.runs import MODEL_URI_TAG
+    from sweep.tracking.describe import MODEL_URI_TAG
 
     name = study.study_name
     extra: dict[str, str] = {}

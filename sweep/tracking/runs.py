@@ -16,7 +16,6 @@ import datetime
 import functools
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -25,16 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError, first_line
-from sweep.record import RUN_ID
 from sweep.storage import mask, seed_tracking, tracking_artifact_location
 from sweep.tracking import model_code, outbox
+from sweep.tracking.describe import (MODEL_URI_TAG, PARENT_TAG, RUN_STATUS, child_tags, chunks, dataset_inputs, end_tags,
+                                     filter_value, param_value, run_name)
 from sweep.tracking.sender import NoRun, Sender
 from sweep.training import numeric
 
 if TYPE_CHECKING:
     import keras
     from mlflow import MlflowClient
-    from mlflow.data.dataset_source import DatasetSource
     from mlflow.entities import DatasetInput, Run
 
     from sweep.data import Dataset
@@ -42,66 +41,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "sweep.role"
-MODEL_URI_TAG = "sweep.model_uri"  # on a trial's run: its logged model, once uploaded
 # MLflow 3 marks an experiment of training runs with this kind; its UI (3.17) still takes the page
 # an experiment opens on from its own GenAI / Model training switch (in the browser's storage,
 # GenAI by default) unless the address says `workflowType`: see `experiment_url`
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-# Optuna trial state -> MLflow run status
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 # How long the training thread waits for MLflow while it answers; never while it is unreachable
 START_WAIT = 5.0  # for the child run's id
 MODEL_WAIT = 60.0  # for the model's URI
-# MLflow retries each HTTP request itself, 7 times with backoff growing to 2 min (about 4 min in
-# all) before it raises: the sender would sit inside one request long after the server is back.
-# Short per-request retries, unless the user set their own; the sender retries as long as needed.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _param_value(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def objective_metrics(values: Sequence[float], metrics: Sequence[str]) -> dict[str, float]:
-    """A trial's objective value(s) as MLflow metrics: `objective_value`, or for a study of several
-    metrics `objective_value/<metric>` each (Optuna's `trial.values`, in `search.metric` order)."""
-    if len(values) == 1:
-        return {"objective_value": float(values[0])}
-    return {f"objective_value/{m}": float(v) for m, v in zip(metrics, values, strict=True)}
-
-
-def _filter_value(s: str) -> str:
-    # MLflow's filter grammar has no escape for a quote inside a quoted value
-    if "'" in s:
-        raise ValueError(f"cannot search MLflow for a value containing a quote: {s!r}")
-    return f"'{s}'"
-
-
-def child_tags(parent_id: str, study: str, trial_number: int) -> dict[str, str]:
-    """The tags that make a run the child run of one trial (what `sync` looks runs up by)."""
-    return {"mlflow.parentRunId": parent_id, PARENT_TAG: "trial", "optuna.study_name": study,
-            "optuna.trial_number": str(trial_number)}
-
-
-def short(value: Any) -> str:
-    """A param as people read it in run names and plot titles: floats to 4 significant digits
-    (`0.06082`, not `0.060819044671794366`); the exact value stays in the run's params."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def run_label(params: dict[str, Any]) -> str:
-    """`leaky_relu-0.06082`: the part of a trial's run name after `trial-N-`."""
-    return "-".join(short(v) for v in params.values())
 
 
 def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
@@ -118,47 +68,6 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def run_name(trial_number: int, label: str) -> str:
-    return f"trial-{trial_number}-{label}"[:250]
-
-
-def _dataset_source(origin: str | None) -> DatasetSource:
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-    if origin is None:  # arrays handed to sweep.run(dataset=...): the code that made them
-        return CodeDatasetSource(tags={})
-    if origin.startswith(("http://", "https://")):
-        return HTTPDatasetSource(origin)
-    # MLflow registers its local file source twice (paths and file:// URIs), so resolving a path
-    # by its string warns that it is ambiguous; by its type it is the one source
-    return get_dataset_source_from_json(json.dumps({"uri": origin}), "local")
-
-
-def dataset_inputs(data: Dataset) -> list[DatasetInput]:
-    """The parts a trial trains, validates and tests on as MLflow dataset inputs (the runs
-    table's Dataset column): the dataset's name, its file (or URL) as a source, a digest of all
-    the part's arrays, its sizes as a profile, the part as the context. Hashes every array: call
-    it once per dataset, not per trial."""
-    from mlflow.data.numpy_dataset import from_numpy
-    from mlflow.entities import Dataset as DatasetEntity
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    from sweep.data.images import digest
-
-    source = _dataset_source(data.origin)
-    out = []
-    for context, (x, y) in data.parts().items():
-        # MLflow's numpy dataset gives the schema and the array sizes; the digest is ours (above)
-        entity = from_numpy(x, source=source, targets=y, name=data.title, digest=digest(x, y))._to_mlflow_entity()
-        profile = json.dumps({"num_rows": len(x), "num_classes": data.num_classes, **json.loads(entity.profile)})
-        entity = DatasetEntity(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
-        out.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    return out
-
-
 class Tracker:
     """The MLflow side of one study: its experiment, parent run and background sender.
 
@@ -173,9 +82,6 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
-        if tracking_uri.startswith(("http://", "https://")):
-            for var, value in HTTP_DEFAULTS.items():
-                os.environ.setdefault(var, value)
         self.uri = tracking_uri
         self.study_name = study_name
         self.storage = storage
@@ -239,8 +145,8 @@ class Tracker:
             flat = _flatten(config)
             from mlflow.entities import Param
 
-            params = [Param(k, _param_value(v)) for k, v in flat.items()]
-            for chunk in _chunks(params, 100):
+            params = [Param(k, param_value(v)) for k, v in flat.items()]
+            for chunk in chunks(params, 100):
                 self.client.log_batch(run.info.run_id, params=chunk)
             self.client.log_text(run.info.run_id, json.dumps(config, indent=2), "study_config.json")
         except Exception as e:  # noqa: BLE001
@@ -255,7 +161,7 @@ class Tracker:
         try:
             from mlflow.entities import RunTag
 
-            tags = [RunTag(f"sweep.config.{f}", _param_value(new)) for f, (_, new) in changed.items()]
+            tags = [RunTag(f"sweep.config.{f}", param_value(new)) for f, (_, new) in changed.items()]
             self.client.log_batch(run_id, tags=tags)
             self.client.log_text(run_id, json.dumps(config, indent=2), "study_config.json")
         except Exception as e:  # noqa: BLE001
@@ -285,7 +191,7 @@ class Tracker:
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=(f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = "
-                           f"{_filter_value(self.study_name)} and tags.`optuna.trial_number` = '{trial_number}'"),
+                           f"{filter_value(self.study_name)} and tags.`optuna.trial_number` = '{trial_number}'"),
             order_by=["attributes.start_time ASC"],
             max_results=1,
         )
@@ -313,7 +219,7 @@ class Tracker:
         try:
             from mlflow.entities import Param
 
-            param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+            param_list = [Param(k, param_value(v)) for k, v in params.items()]
             name, tags = run_name(trial_number, label), child_tags(parent_id, self.study_name, trial_number)
         except Exception as e:  # noqa: BLE001 - tracking trouble never fails a trial
             log.warning("MLflow: cannot prepare the run of trial %d: %s", trial_number, e)
@@ -325,7 +231,7 @@ class Tracker:
                 found = self.find_child(trial_number)
                 run.run_id = (found or self.client.create_run(self.experiment_id, run_name=name,
                                                                tags=tags)).info.run_id
-            for chunk in _chunks(param_list, 100):
+            for chunk in chunks(param_list, 100):
                 self.client.log_batch(run.run_id, params=chunk)
             if datasets:  # MLflow keeps one input per dataset and run: a retry adds nothing
                 self.client.log_inputs(run.run_id, datasets=list(datasets))
@@ -338,7 +244,7 @@ class Tracker:
     def end_run(self, run_id: str, state: str, reason: str | None = None) -> None:
         """Close a run another (dead) process left RUNNING, in the background."""
         try:
-            tags, end_ms = _end_tags(state, reason), _now_ms()
+            tags, end_ms = _run_tags(end_tags(state, reason)), _now_ms()
 
             def close() -> None:
                 self.client.log_batch(run_id, tags=tags)
@@ -377,12 +283,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _end_tags(state: str, reason: str | None) -> list[Any]:
+def _run_tags(tags: dict[str, str]) -> list[Any]:
     from mlflow.entities import RunTag
 
-    tags = {"optuna.state": state}
-    if reason:
-        tags["sweep.fail_reason"] = reason[:5000]
     return [RunTag(k, v) for k, v in tags.items()]
 
 
@@ -492,7 +395,7 @@ class TrialRun:
 
             ts = _now_ms()
             batch = [Metric(k, v, ts, step) for k, v in metrics.items()]
-            self._send(lambda rid: [self.client.log_batch(rid, metrics=c) for c in _chunks(batch, 1000)], what)
+            self._send(lambda rid: [self.client.log_batch(rid, metrics=c) for c in chunks(batch, 1000)], what)
         except Exception as e:  # noqa: BLE001 - tracking trouble never fails a trial
             log.warning("MLflow: cannot queue %s of trial %d: %s", what, self.trial_number, e)
 
@@ -592,7 +495,7 @@ class TrialRun:
         try:
             from mlflow.entities import Metric
 
-            tags, end_ms = _end_tags(state, reason), _now_ms()
+            tags, end_ms = _run_tags(end_tags(state, reason)), _now_ms()
             values = {} if value is None else value if isinstance(value, Mapping) else {"objective_value": value}
             metrics = [Metric(k, float(v), end_ms, 0) for k, v in values.items()]
             status = RUN_STATUS[state]

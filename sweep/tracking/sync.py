@@ -26,8 +26,9 @@ from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED
                           RUN_ID, SURPLUS, load_study, stored_config)
 from sweep.storage import check_tracking, mask, resolve, study_lock
 from sweep.tracking import outbox
-from sweep.tracking.runs import (PARENT_TAG, RUN_STATUS, Tracker, _chunks, _filter_value, _param_value, child_tags,
-                                 dataset_inputs, objective_metrics, run_label, run_name)
+from sweep.tracking.describe import (MODEL_URI_TAG, PARENT_TAG, RUN_STATUS, child_tags, chunks, dataset_inputs, end_tags,
+                                     filter_value, objective_metrics, param_value, run_label, run_name)
+from sweep.tracking.runs import Tracker, log_saved_model
 from sweep.tracking.sender import BACKOFF_MAX
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def replay_unfinished(tracker: Tracker, trials: Sequence[Any], older_than: float
     if not ended:
         return []
     try:
-        flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {_filter_value(tracker.study_name)} "
+        flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = {filter_value(tracker.study_name)} "
                "and attributes.status = 'RUNNING'")
         running = tracker.client.search_runs([tracker.experiment_id], filter_string=flt,
                                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
@@ -209,7 +210,7 @@ class _Replica:
         from mlflow.entities import ViewType
 
         flt = (f"tags.`{PARENT_TAG}` = 'trial' and tags.`optuna.study_name` = "
-               f"{_filter_value(self.tracker.study_name)}")
+               f"{filter_value(self.tracker.study_name)}")
         out: dict[int, list[Run]] = {}
         token = None
         while True:
@@ -266,7 +267,7 @@ class _Replica:
             want = {**t.params, **({"seed": attrs["seed"]} if "seed" in attrs else {})}
         params = []
         for k, v in want.items():
-            value = _param_value(v)
+            value = param_value(v)
             if k not in data.params:
                 params.append(Param(k, value))
             elif data.params[k] != value:
@@ -296,17 +297,15 @@ class _Replica:
             if k not in data.metrics or not _same(data.metrics[k], float(v)):
                 metrics.append(Metric(k, float(v), end, step))
 
-        want_tags = {"optuna.state": state, **child_tags(self.parent, self.tracker.study_name, t.number)}
         reason = attrs.get(FAIL_REASON) or (INTERRUPTED_REASON if interrupted else None)
-        if reason:
-            want_tags["sweep.fail_reason"] = str(reason)[:5000]
+        want_tags = {**end_tags(state, reason), **child_tags(self.parent, self.tracker.study_name, t.number)}
         tags = [RunTag(k, v) for k, v in want_tags.items() if data.tags.get(k) != v]
 
-        for chunk in _chunks(params, 100):
+        for chunk in chunks(params, 100):
             self.client.log_batch(rid, params=chunk)
-        for chunk in _chunks(tags, 100):
+        for chunk in chunks(tags, 100):
             self.client.log_batch(rid, tags=chunk)
-        for chunk in _chunks(metrics, 1000):
+        for chunk in chunks(metrics, 1000):
             self.client.log_batch(rid, metrics=chunk)
         # dataset inputs, only on a run that has none: one that has some records the data it ran on
         datasets = [] if run.inputs is not None and run.inputs.dataset_inputs else self._datasets()
@@ -329,7 +328,6 @@ class _Replica:
         """Upload the model a dead worker left waiting for trial `t` (sweep/tracking/outbox.py),
         unless its run has one already or `tracking.keep_models` does not keep it."""
         from sweep.tracking.models import DELETED_TAG
-        from sweep.tracking.runs import MODEL_URI_TAG, log_saved_model
 
         entry = outbox.claim(self.storage, self.tracker.study_name, t.number)
         if entry is None:
