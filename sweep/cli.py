@@ -185,8 +185,10 @@ def run(
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         _setup_logging(verbose, console=True)
         if workers > 1:
-            raise typer.Exit(_run_pool(study, storage, tracking_uri, n_trials, workers, config, verbose,
-                                       threads_per_worker))
+            from sweep.storage import resolve
+
+            raise typer.Exit(_run_pool(study, resolve(storage, tracking_uri, config), n_trials, workers, config,
+                                       verbose, threads_per_worker))
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
@@ -256,9 +258,8 @@ def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[st
             env[ENV_OPTUNA] = storage
         if tracking_uri:
             env[ENV_TRACKING] = tracking_uri
-        argv = [*(["--debug"] if _debug else []), *argv, *(["--n-trials", str(n_trials)] if n_trials else []),
-                *(["--threads-per-worker", str(threads)] if threads else []),
-                *(["--config", config] if config else []), *(["-v"] if verbose else [])]
+        argv = _child_argv([*argv, *(["--n-trials", str(n_trials)] if n_trials else []),
+                            *(["--threads-per-worker", str(threads)] if threads else [])], config, verbose)
         with stop_on_signals():
             return supervise(argv, env)
     return None  # unreachable: _guard exits
@@ -272,8 +273,15 @@ def _use_threads(threads: Optional[int]) -> None:
             export(name, value)
 
 
-def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
-              workers: int, config: Optional[str], verbose: bool, threads: Optional[int]) -> int:
+def _child_argv(command: list[str], config: Optional[str], verbose: bool) -> list[str]:
+    """The command line, after `sweep`, of a trial process this command starts: `command` with
+    the flags of this one that it repeats (store URLs go in its environment instead)."""
+    return [*(["--debug"] if _debug else []), *command, *(["--config", os.path.abspath(config)] if config else []),
+            *(["-v"] if verbose else [])]
+
+
+def _run_pool(study: str, stores: Any, n_trials: Optional[int], workers: int, config: Optional[str], verbose: bool,
+              threads: Optional[int]) -> int:
     from sweep.errors import ConfigError
     from sweep import backend
     from sweep.runner.pool import run_workers
@@ -281,12 +289,11 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
     from sweep.runner.setup import prepare
     from sweep.runner.study import view
     from sweep.runner.summary import summarize
-    from sweep.storage import resolve, settings
+    from sweep.storage import settings
 
     if n_trials is not None:
         raise ConfigError("--n-trials", [f"cannot be combined with --workers {workers}: workers run "
                                          "until the study has search.n_trials (or its plan) done"])
-    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     # a KERAS_BACKEND that cannot be used: one line here, not one per worker
     chosen = backend.choose()
     log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
@@ -297,8 +304,9 @@ def _run_pool(study: str, storage: Optional[str], tracking_uri: Optional[str], n
             code = 0
         else:
             # the parent's view of its workers: their trials in one live footer on a terminal
-            code = run_workers(p.cfg.study, stores, workers, config, verbose, debug=_debug, view=view(p, workers=workers),
-                               threads=threads, complete=lambda: _has_all(p.study, stores.optuna))
+            code = run_workers(p.cfg.study, _child_argv(["worker", p.cfg.study], config, verbose), stores, workers,
+                               view=view(p, workers=workers), threads=threads,
+                               complete=lambda: _has_all(p.study, stores.optuna))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
             if replay_unfinished(p.tracker, p.study.get_trials(deepcopy=False)):
                 summarize(p)  # a model a dead worker left may be the best: promoted now
@@ -390,8 +398,7 @@ def confirm(
         confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
         _say_finalists(study, confirmation, finals)
         if workers > 1:
-            raise typer.Exit(_run_pool(confirmation, storage, tracking_uri, None, workers, config, verbose,
-                                       threads_per_worker))
+            raise typer.Exit(_run_pool(confirmation, stores, None, workers, config, verbose, threads_per_worker))
         _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 

@@ -21,7 +21,7 @@ from sweep.analysis.compare import compare_study, format_comparison, trial_sampl
 from sweep.errors import SweepError, first_line
 from sweep.lifecycle import environment
 from sweep.models import activation_layers
-from sweep.plots import save_with_legend_below
+from sweep.plots import pyplot, save_with_legend_below
 from sweep.storage import Stores, mask, resolve
 from sweep.record import CONFIRMED_BY, PARENT_ATTR, load_study, stored_config
 
@@ -87,7 +87,7 @@ def _band(ax: Any, runs: list[np.ndarray], label: str, color: Any, style: tuple[
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
-def _panels(plt: Any, hist: dict[str, dict[str, list[np.ndarray]]], colors: dict[str, Any],
+def _panels(hist: dict[str, dict[str, list[np.ndarray]]], colors: dict[str, Any],
             panels: list[tuple[str, str]], ylabel: str, title: str, path: Path,
             ylim: tuple[float, float] | None = None) -> Path | None:
     """One panel per (metric key, panel title), one band per configuration. None if no data."""
@@ -95,7 +95,7 @@ def _panels(plt: Any, hist: dict[str, dict[str, list[np.ndarray]]], colors: dict
         return None
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), dpi=100,
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), dpi=100,
                              squeeze=False, sharey=True, layout="constrained")
     for ax, (key, name) in zip(axes[0], panels):
         for config, h in hist.items():
@@ -275,10 +275,10 @@ def report(study: str, out: str | Path | None = None, storage: str | Stores | No
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(hist)}
     band = "mean over repeats, band ± 1 std"
     made: list[Path | None] = [
-        _panels(plt, hist, colors, [(k, "training"), (f"val_{k}", "validation")], k,
+        _panels(hist, colors, [(k, "training"), (f"val_{k}", "validation")], k,
                 f"{cfg.study}: {k} per epoch ({band})", folder / f"{k}.png") for k in CURVES
     ]
-    made.append(_panels(plt, hist, colors, [(k, k.removeprefix(diagnostics.DEAD_PREFIX)) for k in dead_keys],
+    made.append(_panels(hist, colors, [(k, k.removeprefix(diagnostics.DEAD_PREFIX)) for k in dead_keys],
                         "fraction of units never positive", f"{cfg.study}: dying units per epoch ({band})",
                         folder / "dead_fraction.png", ylim=(-0.02, 1.02)))
     if alphas:

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import IO, Callable
 
 from sweep.lifecycle import ENV_WORKER_NAME, child_environment, stop_children, threads_chosen, trial_process_command
@@ -46,11 +45,11 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_workers(study: str, stores: Stores, workers: int, config: str | Path | None = None,
-                verbose: bool = False, debug: bool = False, view: View | None = None, threads: int | None = None,
-                complete: Callable[[], bool] | None = None) -> int:
-    """Start `workers` processes of `sweep worker STUDY` and wait for all, each with `threads`
-    TensorFlow threads (default: the cores shared out). Returns an exit code: 0 when all finished,
+def run_workers(study: str, argv: list[str], stores: Stores, workers: int, view: View | None = None,
+                threads: int | None = None, complete: Callable[[], bool] | None = None) -> int:
+    """Start `workers` trial processes of `sweep ARGV` (`sweep worker STUDY ...`, as sweep.cli
+    words it) and wait for all, each with `threads` TensorFlow threads (default: the cores shared
+    out). Returns an exit code: 0 when all finished,
     or when `complete()` says the study has all it needs although a worker failed or was killed on
     the way (the others took its trial over); else the first failing worker's code; 130/143 after
     Ctrl-C/SIGTERM.
@@ -59,8 +58,6 @@ def run_workers(study: str, stores: Stores, workers: int, config: str | Path | N
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""
     if threads is None and not threads_chosen():  # else the user's, or the flag's
         threads = default_threads(workers)
-    argv = [*(["--debug"] if debug else []), "worker", study, *(["-v"] if verbose else []),
-            *(["--config", str(Path(config).resolve())] if config is not None else [])]
     slots = []
     for i in range(workers):
         env = child_environment({ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: f"w{i}"},
