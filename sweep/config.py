@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args
 
 import yaml
 from pydantic import (
@@ -33,7 +33,6 @@ from sweep.models.activations import (ACTIVATIONS, ALIASES, PARAM_OWNER, canonic
                                       resolve_params, suggest_name)
 from sweep.models.mlp import HIDDEN, output_layer
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "npz", "csv")
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss", "epoch_seconds")
 MetricName = Literal["val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss", "epoch_seconds"]
 
@@ -47,86 +46,93 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# the fields of a `csv` dataset and their defaults; other datasets refuse them
-CSV_FIELDS: dict[str, Any] = {"target": None, "drop": [], "test_split": 0.2, "seed": 0}
-# the fields of an `mlp` model and their defaults; seed_cnn refuses them
-MLP_FIELDS: dict[str, Any] = {"hidden": list(HIDDEN), "output": "auto", "output_units": None}
+class _Member(Strict):
+    """A member of one of StudyConfig's discriminated unions (`UNION`: dataset, model)."""
+
+    UNION: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_of_others(cls, data: Any) -> Any:
+        # before the members were split into classes, a field of another member given as null was
+        # taken as not given (`target: null` on mnist); files that did so still validate
+        if not isinstance(data, dict):
+            return data
+        theirs = _UNIONS[cls.UNION].owners
+        return {k: v for k, v in data.items() if not (v is None and k in theirs and k not in cls.model_fields)}
 
 
-def _with_defaults(data: Any, name: str, fields: dict[str, Any]) -> Any:
-    """`data` (raw input) with the defaults of the fields only `name` takes, when it names `name`."""
-    if isinstance(data, dict) and data.get("name") == name:
-        return {**{k: v for k, v in fields.items() if v is not None}, **data}
-    return data
+class _Dataset(_Member):
+    """What every dataset takes. `name` picks the family (a discriminated union, DatasetConfig), and
+    each family declares its own fields: a dump holds what its dataset takes, nothing more."""
 
-
-def _only_for(v: Any, info: ValidationInfo, name: str, what: str) -> Any:
-    """Refuse a field given to another `name` than the one it belongs to (`what`: dataset, model)."""
-    given = info.data.get("name")
-    if v is not None and given is not None and given != name:
-        raise ValueError(f"applies to {what} {name!r} only, not {given!r}; remove it")
-    return v
-
-
-class DatasetConfig(Strict):
-    name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz", "csv"]
+    name: str  # each member narrows it to its names; declared here so that a dump starts with it
     path: Path | None = None
     train_samples: int | None = Field(None, gt=0)
     test_samples: int | None = Field(None, gt=0)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0)
-    # csv only: the class column, columns that are not features, the held-out fraction, and the
-    # seed of that split: one per study (not the trial's), so every trial tests on the same rows
-    target: str | None = None
-    drop: list[str] | None = None
-    test_split: float | None = Field(None, gt=0.0, lt=1.0)
-    seed: int | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _csv_defaults(cls, data: Any) -> Any:
-        return _with_defaults(data, "csv", CSV_FIELDS)
+    UNION = "dataset"
+    PATH_HOLDS: ClassVar[str]  # what `path` should point to, for the message when it does not exist
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+    def _path_exists(cls, v: Path | None) -> Path | None:
         if v is None:
             return v
         p = v.expanduser()
         if not p.is_file():
-            what = ("a .csv file: a header line naming the columns, then one line per row"
-                    if info.data.get("name") == "csv" else "a .npz in keras load_data() layout")
             raise ValueError(
                 f"file not found: {str(v)!r} (relative paths are read from the working "
-                f"directory {Path.cwd()}); expected {what}"
+                f"directory {Path.cwd()}); expected {cls.PATH_HOLDS}"
             )
         return p.resolve()
 
-    @field_validator(*CSV_FIELDS)
-    @classmethod
-    def _csv_only(cls, v: Any, info: ValidationInfo) -> Any:
-        return _only_for(v, info, "csv", "dataset")
+
+class ImageDatasetConfig(_Dataset):
+    """`dataset`: images, downloaded by Keras, shipped with scikit-learn (digits), or from a .npz."""
+
+    name: Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
+
+    PATH_HOLDS = "a .npz in keras load_data() layout"
 
     @model_validator(mode="after")
-    def _npz_needs_path(self) -> DatasetConfig:
-        problems = []
-        if self.name in ("npz", "csv") and self.path is None:
-            problems.append(f"dataset {self.name!r} needs `path` to " + (
-                "a .csv file" if self.name == "csv" else "a .npz with x_train, y_train, x_test, y_test"))
+    def _path_when_needed(self) -> ImageDatasetConfig:
+        if self.name == "npz" and self.path is None:
+            raise ValueError("dataset 'npz' needs `path` to a .npz with x_train, y_train, x_test, y_test")
         if self.name == "digits" and self.path is not None:
-            problems.append("dataset 'digits' ships with scikit-learn and takes no `path`")
-        if self.name == "csv" and not self.target:
+            raise ValueError("dataset 'digits' ships with scikit-learn and takes no `path`")
+        return self
+
+
+class CsvDatasetConfig(_Dataset):
+    """`dataset: {name: csv}`: a table, one row per sample (sweep/data/csv.py)."""
+
+    name: Literal["csv"]
+    # the class column, columns that are not features, the held-out fraction, and the seed of that
+    # split: one per study (not the trial's), so every trial tests on the same rows
+    target: str | None = None
+    drop: list[str] | None = []
+    test_split: float | None = Field(0.2, gt=0.0, lt=1.0)
+    seed: int | None = 0
+
+    PATH_HOLDS = "a .csv file: a header line naming the columns, then one line per row"
+
+    @model_validator(mode="after")
+    def _path_and_target(self) -> CsvDatasetConfig:
+        problems = []
+        if self.path is None:
+            problems.append("dataset 'csv' needs `path` to a .csv file")
+        if not self.target:
             problems.append("dataset 'csv' needs `target`: the column that holds each row's class")
-        if self.name == "csv" and self.target in (self.drop or []):
+        if self.target in (self.drop or []):
             problems.append(f"`drop` lists the target column {self.target!r}; the target is never a feature")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
-    @model_serializer(mode="wrap")
-    def _only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # an image dataset's dump (stored with the study, logged to MLflow) is what it was before csv
-        out = handler(self)
-        return out if self.name == "csv" else {k: v for k, v in out.items() if k not in CSV_FIELDS}
+
+DatasetConfig = Annotated[Union[ImageDatasetConfig, CsvDatasetConfig], Field(discriminator="name")]
 
 
 class TrainingConfig(Strict):
@@ -512,48 +518,76 @@ def confirm_options(data: dict[str, Any]) -> ConfirmConfig:
         raise ConfigError("sweep confirm", [p if p.startswith(("give", "--")) else f"--{p}" for p in flags]) from None
 
 
-class ModelConfig(Strict):
-    """`model`: the family and its shape. `model: seed_cnn` is short for `{name: seed_cnn}`."""
+# `layer`: the activation is its own layer after each linear layer; `inline`: it is passed to the
+# linear layer as `activation=`, as some tutorials write it
+Placement = Literal["layer", "inline"]
 
-    name: Literal["seed_cnn", "mlp"] = "seed_cnn"
-    # mlp only: the hidden Dense widths, and the output layer. `auto` builds it from the target
-    # (2 classes: one sigmoid unit; more: softmax, one unit per class); `softmax`/`sigmoid` and
-    # `output_units` say what the study expects, refused once the data shows it cannot fit
-    hidden: list[Annotated[int, Field(gt=0)]] | None = Field(None, min_length=1)
-    output: Literal["auto", "softmax", "sigmoid"] | None = None
-    output_units: int | None = Field(None, gt=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _mlp_defaults(cls, data: Any) -> Any:
-        return _with_defaults(data, "mlp", MLP_FIELDS)
+class _Model(_Member):
+    """`model`: the family and its shape. `name` picks the family (a discriminated union,
+    ModelConfig); `model: seed_cnn` is short for `{name: seed_cnn}`, and a model without a name is
+    seed_cnn. Each family declares its own fields: its spec holds what its builder takes."""
 
-    @field_validator(*MLP_FIELDS)
-    @classmethod
-    def _mlp_only(cls, v: Any, info: ValidationInfo) -> Any:
-        return _only_for(v, info, "mlp", "model")
-
-    @model_serializer(mode="wrap")
-    def _only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # seed_cnn's spec (what its builder takes, stored and logged) is what it was before mlp
-        out = handler(self)
-        return out if self.name == "mlp" else {k: v for k, v in out.items() if k not in MLP_FIELDS}
+    UNION = "model"
 
     def check_output(self, num_classes: int, labels: str, source: str) -> None:
         """Refuse, before anything is written, an output that cannot fit the loaded target."""
-        if self.name != "mlp":
-            return  # seed_cnn always ends in softmax, one unit per class
-        try:
-            output_layer(num_classes, self.output or "auto", self.output_units, labels)
-        except ValueError as e:
-            raise ConfigError(source, [str(e)]) from None
-    # `layer`: the activation is its own layer after each linear layer; `inline`: it is passed
-    # to the linear layer as `activation=`, as some tutorials write it
-    placement: Literal["layer", "inline"] = "layer"
+        # seed_cnn always ends in softmax, one unit per class
 
     def spec(self) -> dict[str, Any]:
         """What `sweep.build_model` takes as its `model` (with the activation's params)."""
         return self.model_dump(mode="json")
+
+
+class SeedCnnConfig(_Model):
+    """`model: seed_cnn`: the tutorial's CNN (sweep/models/cnn.py)."""
+
+    name: Literal["seed_cnn"] = "seed_cnn"
+    placement: Placement = "layer"
+
+
+class MlpConfig(_Model):
+    """`model: mlp`: Dense layers on flat features (sweep/models/mlp.py)."""
+
+    name: Literal["mlp"]
+    # the hidden Dense widths, and the output layer. `auto` builds it from the target (2 classes:
+    # one sigmoid unit; more: softmax, one unit per class); `softmax`/`sigmoid` and `output_units`
+    # say what the study expects, refused once the data shows it cannot fit
+    hidden: list[Annotated[int, Field(gt=0)]] | None = Field(list(HIDDEN), min_length=1)
+    output: Literal["auto", "softmax", "sigmoid"] | None = "auto"
+    output_units: int | None = Field(None, gt=0)
+    placement: Placement = "layer"
+
+    def check_output(self, num_classes: int, labels: str, source: str) -> None:
+        try:
+            output_layer(num_classes, self.output or "auto", self.output_units, labels)
+        except ValueError as e:
+            raise ConfigError(source, [str(e)]) from None
+
+
+ModelConfig = Annotated[Union[SeedCnnConfig, MlpConfig], Field(discriminator="name")]
+
+
+def _names(*members: type[Strict]) -> tuple[str, ...]:
+    return tuple(n for m in members for n in get_args(m.model_fields["name"].annotation))
+
+
+class _Union(NamedTuple):
+    """One of StudyConfig's discriminated unions, for its messages: pydantic puts the name given
+    into an error's loc (dataset.mnist.target) and calls another member's field an extra input."""
+
+    names: tuple[str, ...]
+    owners: dict[str, tuple[str, ...]]  # a field only some members take -> those members' names
+
+    @classmethod
+    def of(cls, *members: type[Strict]) -> _Union:
+        common = set.intersection(*(set(m.model_fields) for m in members))
+        return cls(_names(*members), {f: _names(m) for m in members for f in m.model_fields if f not in common})
+
+
+_UNIONS = {"dataset": _Union.of(ImageDatasetConfig, CsvDatasetConfig), "model": _Union.of(SeedCnnConfig, MlpConfig)}
+DATASETS = _UNIONS["dataset"].names
+MODELS = _UNIONS["model"].names
 
 
 class StudyConfig(Strict):
@@ -561,7 +595,7 @@ class StudyConfig(Strict):
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
     dataset: DatasetConfig
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = SeedCnnConfig()
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
@@ -608,6 +642,8 @@ class StudyConfig(Strict):
     @field_validator("model", mode="before")
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "name" not in v:
+            return {"name": SeedCnnConfig.model_fields["name"].default, **v}
         return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
@@ -639,20 +675,46 @@ class StudyConfig(Strict):
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts union member names ("FloatRange", "list[float]") and tags into loc; drop them
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p[:1].isupper()))]
+    parts = [str(p) for i, p in enumerate(loc)
+             if not (isinstance(p, str) and ("[" in p or p[:1].isupper())) and not _is_tag(loc, i)]
     return ".".join(parts) if parts else "(top level)"
+
+
+def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """Whether loc[i] is the name of a member of a union, which pydantic put after the union's field."""
+    return i > 0 and loc[i - 1] in _UNIONS and loc[i] in _UNIONS[loc[i - 1]].names
 
 
 def _message(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return f"unknown key {err['loc'][-1]!r}; check the spelling against the documented study keys"
-    if err["type"] == "missing":
-        return "required field is missing"
     got = err.get("input")
+    if err["type"] == "extra_forbidden":
+        loc = err["loc"]
+        owners = _UNIONS[loc[-3]].owners.get(loc[-1]) if len(loc) >= 3 and _is_tag(loc, len(loc) - 2) else None
+        if owners:  # a field of another member of the union
+            return f"applies to {loc[-3]} {' or '.join(map(repr, owners))} only, not {loc[-2]!r}; remove it"
+        return f"unknown key {loc[-1]!r}; check the spelling against the documented study keys"
+    if err["type"] in ("missing", "union_tag_not_found"):
+        return "required field is missing"
+    if err["type"] == "union_tag_invalid":  # an unknown name, said as a Literal field says it
+        first, last = err["ctx"]["expected_tags"].rsplit(", ", 1)
+        return f"Input should be {first} or {last}, got {got[_tag(err)]!r}"
+    if err["type"] == "model_attributes_type":
+        return f"Input should be a valid dictionary, got {got!r}"
     if err["type"] in ("value_error", "assertion_error") or isinstance(got, dict):
         return msg
     return f"{msg}, got {got!r}"
+
+
+def _tag(err: dict[str, Any]) -> str:
+    return str(err["ctx"]["discriminator"]).strip("'")  # pydantic quotes it: "'name'"
+
+
+def _where(err: dict[str, Any]) -> str:
+    """The field path of an error; a union's missing or unknown name is said at `name`."""
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        return _field_path((*err["loc"], _tag(err)))
+    return _field_path(err["loc"])
 
 
 # a dict given where a union also allows a list (or vice versa) fails the other member with a
@@ -662,10 +724,10 @@ _TYPE_ONLY = {"list_type", "dict_type", "model_type", "model_attributes_type"}
 
 def _problems(exc: ValidationError) -> list[str]:
     errors = exc.errors()
-    real = {_field_path(e["loc"]) for e in errors if e["type"] not in _TYPE_ONLY}
+    real = {_where(e) for e in errors if e["type"] not in _TYPE_ONLY}
     seen: dict[str, list[str]] = {}
     for err in errors:
-        path = _field_path(err["loc"])
+        path = _where(err)
         if err["type"] in _TYPE_ONLY and path in real:
             continue
         seen.setdefault(path, [])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,79 @@ def test_a_pruned_repeated_comparison_is_refused(tiny_npz: Path, search: dict) -
         config.parse(d, "x.yaml")
     # a study stored that way by an earlier sweep still loads, as it ran
     assert config.parse(d, "stored", stored=True).search.pruner.name == "median"
+
+
+# --- dataset and model families: each takes its own fields; dumps are what they were -----------
+
+DIABETES = ROOT / "examples" / "data" / "diabetes_types.csv"
+IMAGE = '"name":"{}","path":null,"train_samples":null,"test_samples":null,"validation_split":0.2'
+
+
+def _family(dataset: dict, model: object = None) -> config.StudyConfig:
+    d = {"study": "x", "dataset": dataset, "search": {"configs": [{"activation": "relu"}]}}
+    return config.parse(d if model is None else {**d, "model": model}, "s.yaml")
+
+
+# the exact JSON stored with a study and logged to MLflow: a resumed study compares it key by key
+@pytest.mark.parametrize(("dataset", "model", "stored"), [
+    ({"name": "mnist"}, None, '"dataset":{' + IMAGE.format("mnist") + '},"model":{"name":"seed_cnn","placement":"layer"}'),
+    ({"name": "digits"}, "seed_cnn", '"dataset":{' + IMAGE.format("digits") + '},"model":{"name":"seed_cnn","placement":"layer"}'),
+    ({"name": "cifar10"}, {"placement": "inline"},
+     '"dataset":{' + IMAGE.format("cifar10") + '},"model":{"name":"seed_cnn","placement":"inline"}'),
+    ({"name": "fashion_mnist"}, "mlp", '"dataset":{' + IMAGE.format("fashion_mnist") + '},'
+     '"model":{"name":"mlp","hidden":[64],"output":"auto","output_units":null,"placement":"layer"}'),
+    ({"name": "csv", "path": str(DIABETES), "target": "Type"},
+     {"name": "mlp", "hidden": [8, 4], "output": "softmax", "output_units": 3, "placement": "inline"},
+     f'"dataset":{{"name":"csv","path":{json.dumps(str(DIABETES))},"train_samples":null,"test_samples":null,'
+     '"validation_split":0.2,"target":"Type","drop":[],"test_split":0.2,"seed":0},'
+     '"model":{"name":"mlp","hidden":[8,4],"output":"softmax","output_units":3,"placement":"inline"}'),
+], ids=["mnist", "digits-shorthand", "model-without-name", "mlp-defaults", "csv-mlp"])
+def test_each_family_dumps_its_own_fields_in_their_order(dataset: dict, model: object, stored: str) -> None:
+    cfg = _family(dataset, model)
+    assert stored in cfg.to_json()
+    assert config.from_json(cfg.to_json(), "stored").to_json() == cfg.to_json()
+    assert cfg.model.spec() == cfg.model_dump(mode="json")["model"]
+
+
+def test_defaults_belong_to_their_family() -> None:
+    csv = _family({"name": "csv", "path": str(DIABETES), "target": "Type"}, "mlp")
+    assert isinstance(csv.dataset, config.CsvDatasetConfig) and isinstance(csv.model, config.MlpConfig)
+    assert (csv.dataset.drop, csv.dataset.test_split, csv.dataset.seed) == ([], 0.2, 0)
+    assert (csv.model.hidden, csv.model.output, csv.model.output_units) == ([64], "auto", None)
+    image = _family({"name": "npz", "path": str(DIABETES)})  # any existing file: only its presence is checked
+    assert isinstance(image.dataset, config.ImageDatasetConfig) and isinstance(image.model, config.SeedCnnConfig)
+    assert not any(hasattr(image.dataset, f) for f in ("target", "drop", "test_split", "seed"))
+    assert not any(hasattr(image.model, f) for f in ("hidden", "output", "output_units"))
+    # a null for another family's field was taken as not given before the families were split
+    nulls = _family({"name": "mnist", "target": None, "seed": None}, {"name": "seed_cnn", "hidden": None})
+    assert nulls.to_json() == _family({"name": "mnist"}).to_json()
+    # ... and a null for the family's own field stays what it was
+    assert _family({"name": "csv", "path": str(DIABETES), "target": "Type", "drop": None}).dataset.drop is None
+
+
+@pytest.mark.parametrize(("dataset", "model", "problems"), [
+    ({"name": "npz", "drop": ["a"], "train_samples": 0, "seed": 3}, None, [
+        "dataset.train_samples: Input should be greater than 0, got 0",
+        "dataset.drop: applies to dataset 'csv' only, not 'npz'; remove it",
+        "dataset.seed: applies to dataset 'csv' only, not 'npz'; remove it"]),
+    ({"name": "mnist", "colour": 1, "hidden": [2]}, {"output": "sigmoid", "seed": 1, "placement": "x"}, [
+        "dataset.colour: unknown key 'colour'; check the spelling against the documented study keys",
+        "dataset.hidden: unknown key 'hidden'; check the spelling against the documented study keys",
+        "model.placement: Input should be 'layer' or 'inline', got 'x'",
+        "model.output: applies to model 'mlp' only, not 'seed_cnn'; remove it",
+        "model.seed: unknown key 'seed'; check the spelling against the documented study keys"]),
+    ({"name": "csv", "path": str(DIABETES), "target": "Type", "test_split": 1.5, "drop": "Type"},
+     {"name": "mlp", "hidden": [0]}, [
+        "dataset.drop: Input should be a valid list, got 'Type'",
+        "dataset.test_split: Input should be less than 1, got 1.5",
+        "model.hidden.0: Input should be greater than 0, got 0"]),
+    ({"name": "imagenet"}, {"name": "resnet"}, [
+        "dataset.name: Input should be 'mnist', 'fashion_mnist', 'cifar10', 'digits', 'npz' or 'csv', got 'imagenet'",
+        "model.name: Input should be 'seed_cnn' or 'mlp', got 'resnet'"]),
+    ({"path": "x.npz"}, 3, ["dataset.name: required field is missing",
+                            "model: Input should be a valid dictionary, got 3"]),
+], ids=["csv-fields-on-npz", "typos-and-mlp-fields-on-seed_cnn", "own-fields", "unknown-names", "no-name-not-a-mapping"])
+def test_family_problems_name_the_field_as_written(dataset: dict, model: object, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        _family(dataset, model)
+    assert e.value.problems == problems

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 import sweep
 from sweep import config
-from sweep.config import DatasetConfig
+from sweep.config import CsvDatasetConfig
 from sweep.data import load
 from sweep.errors import ConfigError
 from sweep.runner import objective as obj
@@ -55,7 +55,7 @@ def _rows(d: Any, x: np.ndarray) -> np.ndarray:
 
 def test_string_target_is_mapped_to_sorted_class_indices(tmp_path: Path) -> None:
     path = _iris(tmp_path)
-    d = load(DatasetConfig(name="csv", path=path, target="species", validation_split=0.2))
+    d = load(CsvDatasetConfig(name="csv", path=path, target="species", validation_split=0.2))
     assert d.classes == ("setosa", "versicolor", "virginica") and d.num_classes == 3
     assert d.features == ("row", "sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)")
     assert d.input_shape == (5,) and d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
@@ -69,7 +69,7 @@ def test_string_target_is_mapped_to_sorted_class_indices(tmp_path: Path) -> None
 
 def test_integer_target_and_drop(tmp_path: Path) -> None:
     path = _iris(tmp_path, target="label")
-    d = load(DatasetConfig(name="csv", path=path, target="label", drop=["petal width (cm)"]))
+    d = load(CsvDatasetConfig(name="csv", path=path, target="label", drop=["petal width (cm)"]))
     assert d.classes == (3, 5, 7)  # the values, by class index
     assert d.features == ("row", "sepal length (cm)", "sepal width (cm)", "petal length (cm)")
     assert d.input_shape == (4,)
@@ -80,7 +80,7 @@ def test_integer_target_and_drop(tmp_path: Path) -> None:
 
 
 def test_standardised_on_the_training_rows_only() -> None:
-    d = load(DatasetConfig(name="csv", path=DIABETES, target="Type", drop=["Progression"], validation_split=0.25))
+    d = load(CsvDatasetConfig(name="csv", path=DIABETES, target="Type", drop=["Progression"], validation_split=0.25))
     cut = len(d.x_train) - int(len(d.x_train) * 0.25)
     fit, val = d.x_train[:cut], d.x_train[cut:]
     np.testing.assert_allclose(fit.mean(axis=0), 0, atol=1e-5)
@@ -101,7 +101,7 @@ def _raw_test(raw: np.ndarray, d: Any) -> np.ndarray:
 
 def test_seeded_split_is_reproducible_stratified_and_the_seed_matters() -> None:
     def split(seed: int) -> Any:
-        return load(DatasetConfig(name="csv", path=DIABETES, target="Type", drop=["Progression"], seed=seed))
+        return load(CsvDatasetConfig(name="csv", path=DIABETES, target="Type", drop=["Progression"], seed=seed))
 
     a, b, c = split(0), split(0), split(1)
     np.testing.assert_array_equal(a.x_test, b.x_test)
@@ -194,14 +194,14 @@ def test_continuous_target_and_a_single_row_class_are_refused(tmp_path: Path) ->
     p = tmp_path / "d.csv"
     _frame().to_csv(p, index=False)
     with pytest.raises(ConfigError) as e:
-        load(DatasetConfig(name="csv", path=p, target="LTG", drop=["Type", "Progression"]), "s.yaml")
+        load(CsvDatasetConfig(name="csv", path=p, target="LTG", drop=["Type", "Progression"]), "s.yaml")
     assert e.value.problems[0].startswith("dataset.target: column 'LTG' must hold class labels (strings or "
                                           "integers), got 4.8598 on line 2")
     f = _frame()
     f.loc[0, "Type"] = "extreme"
     f.to_csv(p, index=False)
     with pytest.raises(ConfigError, match="class 'extreme' of column 'Type' has 1 row"):
-        load(DatasetConfig(name="csv", path=p, target="Type", drop=["Progression"]), "s.yaml")
+        load(CsvDatasetConfig(name="csv", path=p, target="Type", drop=["Progression"]), "s.yaml")
 
 
 # --- a CSV sweep end to end: Keras, Optuna, MLflow, and predictions read back ---------------------

@@ -106,11 +106,11 @@ def test_dataset_inputs_go_through_the_tracking_server(tmp_path: Path, tiny_npz:
 
 
 def test_no_validation_part_without_a_split(tiny_npz: Path) -> None:
-    from sweep.config import DatasetConfig
+    from sweep.config import ImageDatasetConfig
     from sweep.data import load
     from sweep.tracking.describe import dataset_inputs
 
-    inputs = dataset_inputs(load(DatasetConfig(name="npz", path=tiny_npz, validation_split=0.0)))
+    inputs = dataset_inputs(load(ImageDatasetConfig(name="npz", path=tiny_npz, validation_split=0.0)))
     contexts = [t.value for di in inputs for t in di.tags if t.key == "mlflow.data.context"]
     assert contexts == ["training", "test"]
     assert json.loads(inputs[0].dataset.profile)["num_rows"] == 300

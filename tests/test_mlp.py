@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 import sweep
 from sweep import config
-from sweep.config import DatasetConfig, ModelConfig, TrainingConfig
+from sweep.config import CsvDatasetConfig, MlpConfig, TrainingConfig
 from sweep.data import load
 from sweep.errors import ConfigError
 from sweep.models import activation_layers, build_model
@@ -132,10 +132,10 @@ def test_binary_target_trains_with_sigmoid_and_binary_cross_entropy(tmp_path: Pa
     bc = load_breast_cancer(as_frame=True)  # 569 real tumours, 30 features
     frame = bc.frame.drop(columns="target").assign(diagnosis=np.array(bc.target_names)[bc.target])
     frame.to_csv(tmp_path / "bc.csv", index=False)
-    data = load(DatasetConfig(name="csv", path=tmp_path / "bc.csv", target="diagnosis"))
+    data = load(CsvDatasetConfig(name="csv", path=tmp_path / "bc.csv", target="diagnosis"))
     assert data.classes == ("benign", "malignant")
     keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(name="mlp", hidden=[8]).spec(), data.input_shape, data.num_classes,
+    model = build_model(MlpConfig(name="mlp", hidden=[8]).spec(), data.input_shape, data.num_classes,
                         activation="relu")
     assert (model.get_layer("output").units, model.get_layer("output").activation.__name__) == (1, "sigmoid")
     result = train(model, data, TrainingConfig(epochs=5, batch_size=32, learning_rate=0.01), seed=0)

@@ -18,7 +18,9 @@ def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
 
     Raises ConfigError/SweepError before anything is recorded; `source` names the study file.
     """
-    if cfg.name == "csv":
+    from sweep.config import CsvDatasetConfig
+
+    if isinstance(cfg, CsvDatasetConfig):
         from sweep.data import csv
 
         return csv.load(cfg, source)

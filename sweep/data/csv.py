@@ -21,7 +21,7 @@ from sweep.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from sweep.config import DatasetConfig
+    from sweep.config import CsvDatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _classes(col: pd.Series, target: str) -> tuple[np.ndarray | None, list[str]]
     return col.astype(str).to_numpy(), []
 
 
-def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
+def load(cfg: CsvDatasetConfig, source: str = "study") -> Dataset:
     """Read, check, split and standardise a CSV. Every problem is reported at once (ConfigError),
     before anything is recorded. `source` names the study file in messages."""
     from sklearn.model_selection import train_test_split

@@ -17,7 +17,7 @@ import numpy as np
 from sweep.errors import ConfigError, SweepError
 
 if TYPE_CHECKING:
-    from sweep.config import DatasetConfig
+    from sweep.config import ImageDatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _digits_file() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def load(cfg: DatasetConfig, source: str = "study") -> Dataset:
+def load(cfg: ImageDatasetConfig, source: str = "study") -> Dataset:
     """Load, cap and scale a dataset. Raises ConfigError/SweepError before anything is recorded.
 
     `source` names the study file in messages.
