@@ -122,7 +122,7 @@ def _traceback(e: BaseException) -> None:
     error that the one line was made from."""
     import traceback
 
-    from sweep.storage import mask
+    from sweep.urls import mask
 
     suppressed, e.__suppress_context__ = e.__suppress_context__, False
     try:
@@ -586,7 +586,8 @@ def schema(
     Run it once before workers start (the Kubernetes schema Job does): they then never race to
     create tables. `sweep server` does the same each time it starts."""
     from sweep.server import upgrade_schemas
-    from sweep.storage import ENV_BACKEND, mask, resolve, settings
+    from sweep.storage import ENV_BACKEND, resolve, settings
+    from sweep.urls import mask
 
     backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
                or settings(config).server.backend_store_uri)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError
-from sweep.storage import ENV_OPTUNA, Stores, mask, optuna_storage, resolve, sqlite_path
+from sweep.storage import ENV_OPTUNA, Stores, optuna_storage, resolve
+from sweep.urls import mask, sqlite_path
 
 if TYPE_CHECKING:
     import optuna

@@ -11,7 +11,8 @@ from sweep.runner import confirm
 from sweep.errors import SweepError, first_line
 from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
-from sweep.storage import Stores, mask, resolve
+from sweep.storage import Stores, resolve
+from sweep.urls import mask
 
 if TYPE_CHECKING:
     import keras

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from sweep.errors import ConfigError, ServiceError
 from sweep.lifecycle import on_stop_signals, stop_on_signals
-from sweep.storage import ENV_BACKEND, Stores, check_database, check_separate, db_url, mask, scheme, seed_tracking
+from sweep.storage import ENV_BACKEND, Stores, check_database, check_separate, seed_tracking
+from sweep.urls import db_url, mask, scheme
 
 if TYPE_CHECKING:
     from sweep.config import ServerSettings

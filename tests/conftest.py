@@ -22,7 +22,7 @@ CHROMIUM = "/usr/bin/chromium"
 def _postgres_answers(url: str) -> bool:
     import sqlalchemy as sa
 
-    from sweep.storage import db_url
+    from sweep.urls import db_url
 
     engine = sa.create_engine(db_url(url), connect_args={"connect_timeout": 2})
     try:
@@ -58,7 +58,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     missing one fail, saying how to get it; tests/setup-machine.sh installs them)."""
     import shutil
 
-    from sweep.storage import mask
+    from sweep.urls import mask
 
     parts = {"PostgreSQL": mask(POSTGRES_URL) if POSTGRES_URL else None,
              "docker-compose": shutil.which("docker-compose"),

@@ -129,7 +129,7 @@ def postgres_database(server_url: str) -> tuple[str, Callable[[], None]]:
     """A fresh database on the test server and the function that drops it."""
     import sqlalchemy as sa
 
-    from sweep.storage import db_url
+    from sweep.urls import db_url
 
     server_url = db_url(server_url)
     name = f"sweep_test_{uuid.uuid4().hex[:10]}"

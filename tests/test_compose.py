@@ -78,7 +78,7 @@ def test_postgres_init_script_creates_both_databases() -> None:
         fail_without_postgres()
     import sqlalchemy as sa
 
-    from sweep.storage import db_url
+    from sweep.urls import db_url
 
     u = sa.make_url(db_url(url))
     names = [f"sweep_init_{uuid.uuid4().hex[:6]}_{n}" for n in ("mlflow", "optuna")]

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 import yaml
 from helpers import free_port, postgres_database, fail_without_postgres, study_dict, write_study
 
-from sweep.storage import DEPLOY_ENV, mask
+from sweep.storage import DEPLOY_ENV
+from sweep.urls import mask
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from sweep import peek, results
-from sweep.storage import db_url
+from sweep.urls import db_url
 
 DISTS = {"activation": CategoricalDistribution(["relu", "leaky_relu", "prelu"]),
          "leaky_alpha": FloatDistribution(0.01, 0.5, log=True), "units": IntDistribution(8, 64)}

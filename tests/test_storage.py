@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import postgres_database, fail_without_postgres, study_dict, write_study
 
-from sweep import storage
+from sweep import storage, urls
 from sweep.config import load_settings
 from sweep.errors import ConfigError, ServiceError
 
@@ -21,9 +21,9 @@ RAW_PASSWORDS = [SECRET, f"pa/ss?w@rd:{SECRET}", f"{SECRET}@x/y?z", f"p@ss:w/{SE
 
 
 def test_mask_hides_passwords() -> None:
-    assert storage.mask(f"postgresql://bob:{SECRET}@db:5432/x") == "postgresql://bob:***@db:5432/x"
-    assert storage.mask(f"http://u:{SECRET}@mlflow:5000") == "http://u:***@mlflow:5000"
-    assert storage.mask("sqlite:///a.db") == "sqlite:///a.db"
+    assert urls.mask(f"postgresql://bob:{SECRET}@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert urls.mask(f"http://u:{SECRET}@mlflow:5000") == "http://u:***@mlflow:5000"
+    assert urls.mask("sqlite:///a.db") == "sqlite:///a.db"
 
 
 @pytest.mark.parametrize("password", RAW_PASSWORDS)
@@ -31,27 +31,27 @@ def test_mask_hides_unescaped_and_escaped_passwords(password: str) -> None:
     from urllib.parse import quote
 
     for pw in (password, quote(password, safe="")):
-        assert storage.mask(f"postgresql://bob:{pw}@db:5432/x?sslmode=require") == \
+        assert urls.mask(f"postgresql://bob:{pw}@db:5432/x?sslmode=require") == \
             "postgresql://bob:***@db:5432/x?sslmode=require"
-        assert storage.mask(f"postgresql+psycopg2://bob:{pw}@db/x") == "postgresql+psycopg2://bob:***@db/x"
-        assert storage.mask(f"https://bob:{pw}@mlflow.example:443/") == "https://bob:***@mlflow.example:443/"
-        assert storage.mask(f"mysql://bob:{pw}@[::1]:3306/x") == "mysql://bob:***@[::1]:3306/x"
+        assert urls.mask(f"postgresql+psycopg2://bob:{pw}@db/x") == "postgresql+psycopg2://bob:***@db/x"
+        assert urls.mask(f"https://bob:{pw}@mlflow.example:443/") == "https://bob:***@mlflow.example:443/"
+        assert urls.mask(f"mysql://bob:{pw}@[::1]:3306/x") == "mysql://bob:***@[::1]:3306/x"
 
 
 def test_mask_hides_password_parameters_and_urls_inside_text() -> None:
-    assert storage.mask(f"postgresql://bob@db/x?password={SECRET}&sslmode=require") == \
+    assert urls.mask(f"postgresql://bob@db/x?password={SECRET}&sslmode=require") == \
         "postgresql://bob@db/x?password=***&sslmode=require"
-    assert storage.mask(f"http://mlflow:5000/?user=bob&password={SECRET}") == \
+    assert urls.mask(f"http://mlflow:5000/?user=bob&password={SECRET}") == \
         "http://mlflow:5000/?user=bob&password=***"
     text = (f"(psycopg2.OperationalError) connection to postgresql://bob:pa/ss?w@{SECRET}@db:5432/x failed; "
             f"tracking at 'http://u:{SECRET}@mlflow:5000/api'; dsn: host=db password={SECRET} dbname=x")
-    masked = storage.mask(text)
+    masked = urls.mask(text)
     assert SECRET not in masked
     assert masked == ("(psycopg2.OperationalError) connection to postgresql://bob:***@db:5432/x failed; "
                       "tracking at 'http://u:***@mlflow:5000/api'; dsn: host=db password=*** dbname=x")
     for plain in ["", "no url here", "trial 3 failed: NaN loss at epoch 2", "a:b@c", "runs:/abc/model",
                   "models:/m@champion", "http://mlflow:5000", "ratio 1:2 @ 3", "/home/u/sweep-optuna.db"]:
-        assert storage.mask(plain) == plain
+        assert urls.mask(plain) == plain
 
 
 def test_stores_repr_and_str_are_masked() -> None:
@@ -63,19 +63,19 @@ def test_stores_repr_and_str_are_masked() -> None:
 
 
 def test_plain_postgresql_urls_use_the_shipped_driver() -> None:
-    assert storage.db_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert storage.db_url("postgres://u@h:5433/db?sslmode=require") == "postgresql+psycopg2://u@h:5433/db?sslmode=require"
-    assert storage.db_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert storage.db_url("sqlite:///x.db") == "sqlite:///x.db"
-    assert storage.db_url("http://u:p@w@mlflow:5000") == "http://u:p@w@mlflow:5000"
-    assert storage.scheme("postgres://u@h/db") == "postgresql"
-    assert storage.scheme("postgresql+psycopg2://u@h/db") == "postgresql"
+    assert urls.db_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert urls.db_url("postgres://u@h:5433/db?sslmode=require") == "postgresql+psycopg2://u@h:5433/db?sslmode=require"
+    assert urls.db_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert urls.db_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert urls.db_url("http://u:p@w@mlflow:5000") == "http://u:p@w@mlflow:5000"
+    assert urls.scheme("postgres://u@h/db") == "postgresql"
+    assert urls.scheme("postgresql+psycopg2://u@h/db") == "postgresql"
 
 
 @pytest.mark.parametrize("password", RAW_PASSWORDS)
 def test_db_url_keeps_the_password_users_wrote(password: str) -> None:
     """make_url ends a password at its first `@`; db_url reads it to the last one, escaped."""
-    u = sa.make_url(storage.db_url(f"postgresql://bob:{password}@db.example:5433/optuna"))
+    u = sa.make_url(urls.db_url(f"postgresql://bob:{password}@db.example:5433/optuna"))
     assert (u.drivername, u.username, u.password, u.host, u.port, u.database) == \
         ("postgresql+psycopg2", "bob", password, "db.example", 5433, "optuna")
 
@@ -120,7 +120,7 @@ def _stores(pair: tuple[str, str], tmp_path: Path) -> storage.Stores:
     if not (tmp_path / "link.db").is_symlink():
         (tmp_path / "link.db").symlink_to(tmp_path / "both.db")
     a, b = (u.format(cwd=tmp_path) for u in pair)
-    return storage.Stores(storage.db_url(a), storage.db_url(b))
+    return storage.Stores(urls.db_url(a), urls.db_url(b))
 
 
 @pytest.mark.parametrize("pair", SAME_DATABASE)
@@ -198,7 +198,7 @@ def test_optuna_and_mlflow_share_a_database_in_two_schemas(postgres_db: str, tmp
         c.execute(sa.text("CREATE SCHEMA optuna; CREATE SCHEMA mlflow"))
     plain = _plain(postgres_db)
     optuna_url, mlflow_url = (f"{plain}?options=-csearch_path%3D{s}" for s in ("optuna", "mlflow"))
-    storage.check_separate(storage.Stores(storage.db_url(optuna_url), storage.db_url(mlflow_url)))
+    storage.check_separate(storage.Stores(urls.db_url(optuna_url), urls.db_url(mlflow_url)))
 
     study = optuna.create_study(study_name="s", storage=optuna_url)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
@@ -208,7 +208,7 @@ def test_optuna_and_mlflow_share_a_database_in_two_schemas(postgres_db: str, tmp
     client = MlflowClient(mlflow_url)
     run = client.create_run(client.create_experiment("e", artifact_location=tmp_path.as_uri()))
     client.log_metric(run.info.run_id, "m", 0.5)
-    assert len(optuna.load_study(study_name="s", storage=storage.db_url(optuna_url)).trials) == 2
+    assert len(optuna.load_study(study_name="s", storage=urls.db_url(optuna_url)).trials) == 2
     assert client.get_metric_history(run.info.run_id, "m")[0].value == 0.5
     with engine.connect() as c:
         tables = c.execute(sa.text("SELECT table_schema, table_name FROM information_schema.tables "
@@ -221,7 +221,7 @@ def test_optuna_and_mlflow_share_a_database_in_two_schemas(postgres_db: str, tmp
 
     # one schema for both is what check_separate refuses: MLflow's migration fails on Optuna's revision
     with pytest.raises(ConfigError):
-        storage.check_separate(storage.Stores(storage.db_url(optuna_url), storage.db_url(optuna_url)))
+        storage.check_separate(storage.Stores(urls.db_url(optuna_url), urls.db_url(optuna_url)))
     r = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", optuna_url], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0

@@ -22,7 +22,8 @@ from sweep.errors import SweepError, first_line
 from sweep.lifecycle import environment
 from sweep.models import activation_layers
 from sweep.plots import pyplot, save_with_legend_below
-from sweep.storage import Stores, mask, resolve
+from sweep.storage import Stores, resolve
+from sweep.urls import mask
 from sweep.record import CONFIRMED_BY, PARENT_ATTR, load_study, stored_config
 
 if TYPE_CHECKING:

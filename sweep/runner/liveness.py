@@ -26,7 +26,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from sweep.errors import ServiceError, first_line
-from sweep.storage import mask
+from sweep.urls import mask
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial

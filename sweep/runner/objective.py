@@ -16,7 +16,7 @@ from sweep.models import activation_layers, build_model
 # the names are re-exported: `objective.RUN_ID` reads as what a trial carries
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
-from sweep.storage import mask
+from sweep.urls import mask
 from sweep.tracking.describe import objective_metrics, run_label, short
 from sweep.training import numeric, train
 

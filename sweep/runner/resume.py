@@ -12,7 +12,8 @@ from sweep.errors import ConfigError
 from sweep.record import CONFIG_ATTR
 from sweep.runner import objective as obj
 from sweep.runner import worker
-from sweep.storage import Stores, mask
+from sweep.storage import Stores
+from sweep.urls import mask
 
 if TYPE_CHECKING:
     import optuna

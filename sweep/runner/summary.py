@@ -11,7 +11,8 @@ from sweep import ranking
 from sweep.errors import first_line
 from sweep.record import CONFIRMED_BY, CONFIRMS, PARENT_ATTR, load_study, stored_config
 from sweep.runner import worker
-from sweep.storage import mask, study_lock
+from sweep.storage import study_lock
+from sweep.urls import mask
 from sweep.tracking import sync
 
 if TYPE_CHECKING:

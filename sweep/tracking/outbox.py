@@ -31,7 +31,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sweep.storage import cache_dir, mask
+from sweep.storage import cache_dir
+from sweep.urls import mask
 
 log = logging.getLogger(__name__)
 

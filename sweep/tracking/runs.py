@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from sweep.errors import ServiceError, first_line
-from sweep.storage import mask, seed_tracking, tracking_artifact_location
+from sweep.storage import seed_tracking, tracking_artifact_location
+from sweep.urls import mask
 from sweep.tracking import model_code, outbox
 from sweep.tracking.describe import (MODEL_URI_TAG, PARENT_TAG, RUN_STATUS, child_tags, chunks, dataset_inputs, end_tags,
                                      filter_value, param_value, run_name)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Collection, Sequence
 from sweep.errors import ServiceError, SweepError, first_line
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
-from sweep.storage import check_tracking, mask, resolve, study_lock
+from sweep.storage import check_tracking, resolve, study_lock
+from sweep.urls import mask
 from sweep.tracking import outbox
 from sweep.tracking.describe import (MODEL_URI_TAG, PARENT_TAG, RUN_STATUS, child_tags, chunks, dataset_inputs, end_tags,
                                      filter_value, objective_metrics, param_value, run_label, run_name)
