@@ -7,14 +7,13 @@ import functools
 import json
 import logging
 import os
-import sys
 from typing import Any, Callable, Iterator, Optional
 
 import typer
 
 from sweep.errors import SweepError
-from sweep.lifecycle import (ENV_WORKER_NAME, TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process,
-                             mlflow_http_retries, quiet_libraries, stop_on_signals, trial_process)
+from sweep.console import setup_logging
+from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
                            ENV_TRACKING)
@@ -47,61 +46,6 @@ ThreadsOpt = typer.Option(None, "--threads-per-worker", min=1,
                                "the cores shared out between workers; one worker: TensorFlow's own]")
 ConfigOpt = typer.Option(None, "--config",
                          help=f"settings file [env {ENV_CONFIG}; default ./{DEFAULT_CONFIG}]")
-
-
-class _DropTraceback(logging.Filter):
-    """Optuna logs a traceback for every caught trial failure; our trial line gives the reason."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
-        return True
-
-
-class _ConsoleHandler(logging.Handler):
-    def __init__(self, console: Any) -> None:
-        super().__init__()
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.console.line(self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never break the command
-            self.handleError(record)
-
-
-def _setup_logging(verbose: bool, console: bool = False) -> None:
-    """`verbose`: debug lines from sweep and TensorFlow's own log. `console`: for the commands that
-    train, stderr goes through one console (a live footer on a terminal; TensorFlow's C++ notices
-    filtered, see sweep/console.py)."""
-    quiet_libraries(verbose)
-    mlflow_http_retries()
-    if console:
-        from sweep.console import install
-
-        handler: logging.Handler = _ConsoleHandler(install())
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    # workers started by `sweep run --workers N` share one terminal: say whose line it is
-    who = os.environ.get(ENV_WORKER_NAME)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
-                                           "%H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
-    if not (console or verbose):
-        # the read commands: Optuna (0.3 s to import) logs nothing of its own at INFO when reading
-        # a study, and `sweep best` often needs no Optuna at all (sweep/peek.py)
-        return
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    optuna.logging.get_logger("optuna").addFilter(_DropTraceback())
-    if not verbose:
-        # "5 out of the last 11 calls ... triggered tf.function retracing": every trial builds a new
-        # model, so every trial traces its own functions; by design, not the user's to act on
-        logging.getLogger("tensorflow").addFilter(
-            lambda r: "triggered tf.function retracing" not in r.getMessage())
 
 
 _debug = False  # `sweep --debug COMMAND`: the traceback behind each one-line error
@@ -155,7 +99,7 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)  # typer reads the parameters through __wrapped__
     def command(*args: Any, **kwargs: Any) -> Any:
-        _setup_logging(kwargs.get("verbose", False))
+        setup_logging(kwargs.get("verbose", False))
         with _guard():
             return fn(*args, **kwargs)
 
@@ -183,94 +127,34 @@ def run(
         if code is not None:
             raise typer.Exit(code)
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        _setup_logging(verbose, console=True)
+        setup_logging(verbose, console=True)
         if workers > 1:
             from sweep.storage import resolve
 
             raise typer.Exit(_run_pool(study, resolve(storage, tracking_uri, config), n_trials, workers, config,
                                        verbose, threads_per_worker))
-        _use_threads(threads_per_worker)
+        from sweep.runner import launch
         from sweep.runner.study import run as run_study
 
+        launch.use_threads(threads_per_worker)
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
-        _done(s)
-        s = _then_confirm(s, storage, tracking_uri, config)
+        launch.done(s)
+        s = launch.then_confirm(s, storage, tracking_uri, config)
         if s is not None:
-            _done(s)
+            launch.done(s)
 
 
-def _done(s: Any) -> None:
-    from sweep.runner.worker import done
-
-    trials = s.get_trials(deepcopy=False)
-    waiting = sum(t.state.name == "WAITING" for t in trials)
-    log.info("done: %d trial(s) finished in study %s%s; `sweep best %s` shows the best", len(done(trials)),
-             s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
-
-
-def _then_confirm(search: Any, storage: Optional[str], tracking_uri: Optional[str], config: Optional[str],
-                  join: bool = False) -> Any:
-    """A study file's `confirm` section: once the search is complete, its finalists are trained on
-    fresh seeds in the same command (sweep/runner/confirm.py). Returns the confirmation's study, or
-    None when there is none (no section, or the search still has trials to run)."""
-    from sweep.record import stored_config
-    from sweep.runner import confirm
-    from sweep.runner.study import run as run_study
-    from sweep.storage import resolve
-
-    cfg = stored_config(search)
-    if cfg.confirm is None:
-        return None
-    if not confirm.complete(search.get_trials(deepcopy=False), cfg):
-        log.info("study %s is not complete yet: its finalists are confirmed once it is", search.study_name)
-        return None
-    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-    confirmation, finals = confirm.prepare(search.study_name, stores.optuna, None)
-    _say_finalists(search.study_name, confirmation, finals)
-    return run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config, join=join)
-
-
-def _say_finalists(search: str, confirmation: Any, finals: list[Any]) -> None:
-    seeds = confirmation.search.seed
-    log.info("confirming study %s in study %s: %s; %d seeds each (%d..%d), none of them used by the search",
-             search, confirmation.study, ", ".join(f"{f.label} (trial {f.trial}, {f.value:.4f})" for f in finals),
-             confirmation.search.repeats, seeds, seeds + confirmation.search.repeats - 1)
-
-
-def _in_child(argv: list[str], storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
+def _in_child(command: list[str], storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
               threads: Optional[int], config: Optional[str], verbose: bool) -> Optional[int]:
-    """The trials of `sweep run`/`sweep worker` run in a child process that hands over to a fresh
-    one at its memory bound (sweep/runner/handover.py); this process only restarts it. Returns
-    the child's exit code, or None when this process is that child (or the bound is off) and
-    runs the trials itself. Store URLs go to the child in its environment, not on its command line."""
-    if trial_process() is not None:
-        return None
+    """`command`'s trials in a supervised trial process (sweep.runner.launch.supervised): its exit
+    code, or None when this process runs them itself."""
+    from sweep.runner import launch
+
     with _guard():
-        from sweep.storage import ENV_OPTUNA, ENV_TRACKING, settings
-
-        ws = settings(config).workers
-        if ws.trials_per_process is None and ws.max_memory_growth_mb is None:
-            return None
-        from sweep.runner.pool import supervise
-
-        env = dict(os.environ)
-        if storage:
-            env[ENV_OPTUNA] = storage
-        if tracking_uri:
-            env[ENV_TRACKING] = tracking_uri
-        argv = _child_argv([*argv, *(["--n-trials", str(n_trials)] if n_trials else []),
-                            *(["--threads-per-worker", str(threads)] if threads else [])], config, verbose)
-        with stop_on_signals():
-            return supervise(argv, env)
+        return launch.supervised(_child_argv([*command, *(["--n-trials", str(n_trials)] if n_trials else []),
+                                              *(["--threads-per-worker", str(threads)] if threads else [])],
+                                             config, verbose), storage, tracking_uri, config)
     return None  # unreachable: _guard exits
-
-
-def _use_threads(threads: Optional[int]) -> None:
-    if threads is not None:  # before TensorFlow starts: it reads them once
-        from sweep.lifecycle import export, tf_threads
-
-        for name, value in tf_threads(threads, {}).items():
-            export(name, value)
 
 
 def _child_argv(command: list[str], config: Optional[str], verbose: bool) -> list[str]:
@@ -280,59 +164,12 @@ def _child_argv(command: list[str], config: Optional[str], verbose: bool) -> lis
             *(["-v"] if verbose else [])]
 
 
-def _run_pool(study: str, stores: Any, n_trials: Optional[int], workers: int, config: Optional[str], verbose: bool,
+def _run_pool(study: Any, stores: Any, n_trials: Optional[int], workers: int, config: Optional[str], verbose: bool,
               threads: Optional[int]) -> int:
-    from sweep.errors import ConfigError
-    from sweep import backend
-    from sweep.runner.pool import run_workers
-    from sweep.tracking.sync import replay_unfinished
-    from sweep.runner.setup import prepare
-    from sweep.runner.study import view
-    from sweep.runner.summary import summarize
-    from sweep.storage import settings
+    from sweep.runner import launch
 
-    if n_trials is not None:
-        raise ConfigError("--n-trials", [f"cannot be combined with --workers {workers}: workers run "
-                                         "until the study has search.n_trials (or its plan) done"])
-    # a KERAS_BACKEND that cannot be used: one line here, not one per worker
-    chosen = backend.choose()
-    log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
-    p = prepare(study, stores, settings(config).workers)  # under run's stop_on_signals()
-    try:
-        if p.todo <= 0:
-            log.info("study %s is complete; nothing to run", p.cfg.study)
-            code = 0
-        else:
-            # the parent's view of its workers: their trials in one live footer on a terminal
-            code = run_workers(p.cfg.study, _child_argv(["worker", p.cfg.study], config, verbose), stores, workers,
-                               view=view(p, workers=workers), threads=threads,
-                               complete=lambda: _has_all(p.study, stores.optuna))
-        if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
-            if replay_unfinished(p.tracker, p.study.get_trials(deepcopy=False)):
-                summarize(p)  # a model a dead worker left may be the best: promoted now
-    finally:
-        p.tracker.flush(timeout=30)  # runs of dead workers' trials closed during set-up
-    if code == 0 and p.todo > 0:
-        log.info("done: study %s; `sweep status %s` and `sweep best %s`", p.cfg.study, p.cfg.study, p.cfg.study)
-    return code
-
-
-def _has_all(study: Any, storage: str) -> bool:
-    """Whether a study and, where its file has a `confirm` section, its confirmation have every
-    trial they need (`sweep run --workers N` exits 0 then, whatever happened to a worker)."""
-    from sweep.record import CONFIRMED_BY, load_study, stored_config
-    from sweep.runner.worker import has_all
-
-    cfg = stored_config(study)
-    if not has_all(study, cfg):
-        return False
-    if cfg.confirm is None:
-        return True
-    confirmation = study.user_attrs.get(CONFIRMED_BY)
-    if confirmation is None:
-        return False
-    c = load_study(confirmation, storage)
-    return has_all(c, stored_config(c))
+    return launch.pool(study, stores, workers, n_trials, config, threads,
+                       lambda name: _child_argv(["worker", name], config, verbose))
 
 
 @app.command()
@@ -351,13 +188,14 @@ def worker(
     if code is not None:
         raise typer.Exit(code)
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        _setup_logging(verbose, console=True)
-        _use_threads(threads_per_worker)
+        setup_logging(verbose, console=True)
+        from sweep.runner import launch
         from sweep.runner.study import run as run_study
 
+        launch.use_threads(threads_per_worker)
         s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
                       join=True)
-        _then_confirm(s, storage, tracking_uri, config, join=True)
+        launch.then_confirm(s, storage, tracking_uri, config, join=True)
 
 
 @app.command()
@@ -388,21 +226,22 @@ def confirm(
         if code is not None:
             raise typer.Exit(code)
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        _setup_logging(verbose, console=True)
+        setup_logging(verbose, console=True)
         from sweep.config import confirm_options
         from sweep.runner import confirm as confirm_mod
+        from sweep.runner import launch
         from sweep.storage import resolve
 
         options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
         stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
         confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
-        _say_finalists(study, confirmation, finals)
+        launch.say_finalists(study, confirmation, finals)
         if workers > 1:
             raise typer.Exit(_run_pool(confirmation, stores, None, workers, config, verbose, threads_per_worker))
-        _use_threads(threads_per_worker)
         from sweep.runner.study import run as run_study
 
-        _done(run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config))
+        launch.use_threads(threads_per_worker)
+        launch.done(run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config))
 
 
 @_command

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import atexit
 import io
+import logging
 import os
 import re
 import shutil
 import sys
 import threading
-from typing import TextIO
+from typing import Any, TextIO
 
-from sweep.lifecycle import tf_log_level
+from sweep.lifecycle import ENV_WORKER_NAME, mlflow_http_retries, quiet_libraries, tf_log_level
 
 # Abseil/glog line: severity letter, MMDD, time, thread id, file:line]
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]\s]+:\d+\] ")
@@ -211,3 +212,57 @@ def _pump(fd: int, console: Console, keep: NativeFilter) -> None:
             line = pending.decode("utf-8", "replace")
             if keep.keep(line):
                 console.line(line)
+
+
+class _DropTraceback(logging.Filter):
+    """Optuna logs a traceback for every caught trial failure; our trial line gives the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Any) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool, console: bool = False) -> None:
+    """Where a command's log lines go, set as it starts. `verbose`: debug lines from sweep and the
+    libraries' own logs. `console`: for the commands that train, stderr goes through one console
+    (a live footer on a terminal; TensorFlow's C++ notices filtered, above)."""
+    quiet_libraries(verbose)
+    mlflow_http_retries()
+    if console:
+        handler: logging.Handler = _ConsoleHandler(install())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    # workers started by `sweep run --workers N` share one terminal: say whose line it is
+    who = os.environ.get(ENV_WORKER_NAME)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
+                                           "%H:%M:%S"))
+    root = logging.getLogger("sweep")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    if not (console or verbose):
+        # the read commands: Optuna (0.3 s to import) logs nothing of its own at INFO when reading
+        # a study, and `sweep best` often needs no Optuna at all (sweep/peek.py)
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    optuna.logging.get_logger("optuna").addFilter(_DropTraceback())
+    if not verbose:
+        # "5 out of the last 11 calls ... triggered tf.function retracing": every trial builds a new
+        # model, so every trial traces its own functions; by design, not the user's to act on
+        logging.getLogger("tensorflow").addFilter(
+            lambda r: "triggered tf.function retracing" not in r.getMessage())

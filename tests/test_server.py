@@ -87,7 +87,7 @@ def _logs_to(path: Path) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     own = logging.getLogger("sweep")
     loggers = [logging.getLogger(), logging.getLogger("optuna"), logging.getLogger("mlflow")]
-    # an in-process CLI call earlier in the session (`sweep.cli._setup_logging`) stops sweep's
+    # an in-process CLI call earlier in the session (`sweep.console.setup_logging`) stops sweep's
     # lines from reaching the root logger: let them through while this runs
     level, propagate = own.level, own.propagate
     own.setLevel(logging.DEBUG)
