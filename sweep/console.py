@@ -11,6 +11,14 @@ every message issued before `absl::InitializeLog()` to stderr whatever its level
 PR #1957 is open): `TF_CPP_MIN_LOG_LEVEL` cannot hide the oneDNN notice, the CPU-feature notice
 or the "All log messages before absl::InitializeLog()" banner. Those lines are dropped here
 below the level TF_CPP_MIN_LOG_LEVEL asks for; `-v` shows them all.
+
+Why not rich's `Live` with a `RichHandler` (rich comes with typer): Live redraws its footer from a
+thread of its own and redirects Python's `sys.stdout`/`sys.stderr` only. A C++ write to file
+descriptor 2 bypasses it: under a pseudo-terminal, a libc `write(2, ...)` during a Live display
+(rich 15.0.0, 2026-12-05) left "FOOTER epoch 1/3native line 0 from fd 2" in the scrollback, the
+footer torn. The pipe below would be needed anyway, and its lines would then pass through rich's
+markup, which reads every "[...]" as a style tag. What remains hand-written here is the footer's
+clear and redraw, about 20 lines.
 """
 
 from __future__ import annotations
