@@ -509,6 +509,57 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
         assert trained == [0] and trial.state == TrialState.COMPLETE and trial.value == 0.5
 
 
+def test_a_stop_while_a_trials_mlflow_run_is_being_created_closes_that_run_as_killed(tmp_path: Path,
+                                                                                     tiny_npz: Path) -> None:
+    """SIGTERM (`docker compose stop` of a worker) while the trial's child run is being created:
+    the stop was raised inside `start_trial`, where no `run` existed yet to close, and the sender
+    went on to create the run, which stayed RUNNING (tests/test_compose_stack.py saw it twice).
+    The stop now waits for the run, then ends it KILLED; the trial ends FAIL, interrupted."""
+    import functools
+
+    from mlflow import MlflowClient
+
+    from sweep import config, lifecycle, search
+    from sweep.data import load
+    from sweep.runner import worker
+    from sweep.runner.objective import make_objective
+    from sweep.storage import study_lock
+    from sweep.tracking.runs import Tracker
+
+    cfg = config.load(write_study(tmp_path, _plan_study(tiny_npz, "made", ["relu"], epochs=2, repeats=1)))
+    url, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = optuna.create_study(study_name="made", storage=url, direction="maximize")
+    study.enqueue_trial({"activation": "relu"})
+    tracker = Tracker(tracking, "made")
+    parent = tracker.parent_run(None, {})
+    objective = make_objective(cfg, load(cfg.dataset, "test"), tracker, parent,
+                               search.space_of(search.plan(cfg.search)))
+    real_wait, calls = tracker.sender.wait, []
+
+    def wait(*args: Any, **kwargs: Any) -> Any:  # the first wait is start_trial's, for the run's id
+        if not calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs in here
+        calls.append(args)
+        return real_wait(*args, **kwargs)
+
+    tracker.sender.wait = wait
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(lifecycle.Interrupted):
+            with lifecycle.stop_on_signals():
+                worker.work(study, objective, cfg, worker.Hooks(), functools.partial(study_lock, url, "made"),
+                            poll_seconds=0.1, n_trials=1)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert tracker.flush(30)
+    [trial] = optuna.load_study(study_name="made", storage=url).get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs[obj.INTERRUPTED] is True
+    [run] = MlflowClient(tracking).search_runs([tracker.experiment_id], "tags.`sweep.role` = 'trial'")
+    assert run.info.status == "KILLED" and run.info.run_id == trial.user_attrs[obj.RUN_ID]
+
+
 def test_ctrl_c_while_a_worker_starts_is_one_clean_stop(tmp_path: Path, tiny_npz: Path) -> None:
     """Ctrl-C before the trial loop (loading data, importing TensorFlow) and its echo from the
     supervisor: one line, exit 130, no traceback."""

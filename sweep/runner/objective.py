@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sweep import backend, diagnostics, search
 from sweep.errors import ServiceError, TrialFailed
+from sweep.lifecycle import hold_stop, release_stop
 from sweep.models import activation_layers, build_model
 # the names are re-exported: `objective.RUN_ID` reads as what a trial carries
 from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRICS,  # noqa: F401
@@ -134,11 +135,20 @@ def make_objective(
         logged = run_params(cfg, data, params, seed)
         trial.set_user_attr(MLFLOW_PARAMS, logged)
         name = run_label(params)
-        run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets,
-                                  started=trial.datetime_start)
-        if run.run_id is not None:
-            trial.set_user_attr(RUN_ID, run.run_id)
+        # a stop while the run is being created waits for it (START_WAIT at most) and lands below,
+        # where the run is closed as KILLED: raised inside start_trial, it left the run that the
+        # sender went on to create RUNNING (`docker compose stop` of a worker before its first epoch)
+        hold_stop()
         try:
+            run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets,
+                                      started=trial.datetime_start)
+            if run.run_id is not None:
+                trial.set_user_attr(RUN_ID, run.run_id)
+        except BaseException:
+            release_stop()
+            raise
+        try:
+            release_stop()
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
             model = build_model(spec, data.input_shape, data.num_classes, **params)
