@@ -5,9 +5,10 @@
 #   sweep-local/postgres:15-bookworm    Debian's PostgreSQL 15 behind an entrypoint that honours what
 #                                       docker-compose.yml uses of the official image (POSTGRES_IMAGE)
 #   deploy/docker/wheelhouse            the wheels both images install (WHEELHOUSE), from PyPI
-# The bases come from Debian's mirror (debootstrap, then `docker import`); their label holds this
-# script's hash, so a changed script makes them again. The wheelhouse is made again when
-# pyproject.toml or the MLflow image's pins change. Network: Debian's mirror and PyPI, first run only.
+# The bases come from Debian's mirror (debootstrap, then `docker import`); their label holds the
+# hash of their recipe (the part of this script that makes them), so a changed recipe makes them
+# again. The wheelhouse is made again when pyproject.toml or the MLflow image's pins change.
+# Network: Debian's mirror and PyPI, on the first run only.
 # Needs root (debootstrap, sudo otherwise), a running dockerd, and Python 3.11 ($PYTHON, python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,10 +19,11 @@ WHEELHOUSE=deploy/docker/wheelhouse
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PYTHON=${PYTHON:-python3}
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-hash=$(sha256sum tests/docker/build-bases.sh | cut -c1-16)
+# the recipe of the bases: this script from rootfs_image() to the entrypoint's build (not the wheels')
+hash=$(sed -n '/^rootfs_image() {/,/^# the entrypoint on top/p' tests/docker/build-bases.sh | sha256sum | cut -c1-16)
 say() { echo "build-bases: $*" >&2; }
 
-command -v debootstrap >/dev/null || { say "debootstrap is not installed (apt-get install debootstrap;" \
+{ [ -x /usr/sbin/debootstrap ] || command -v debootstrap >/dev/null; } || { say "debootstrap is not installed (apt-get install debootstrap;" \
   "tests/setup-machine.sh does it)"; exit 1; }
 
 current() {  # the image $1 exists and was made by this version of the script
@@ -59,8 +61,8 @@ if ! current "$POSTGRES_BASE-rootfs"; then
     --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin'
 fi
 # the entrypoint on top (docker's build cache keeps it until it changes)
-docker build -q -t "$POSTGRES_BASE" --build-arg ROOTFS="$POSTGRES_BASE-rootfs" \
-  -f tests/docker/postgres.Dockerfile tests/docker >/dev/null
+out=$(docker build -t "$POSTGRES_BASE" --build-arg ROOTFS="$POSTGRES_BASE-rootfs" \
+  -f tests/docker/postgres.Dockerfile tests/docker 2>&1) || { echo "$out" >&2; say "$POSTGRES_BASE: docker build failed"; exit 1; }
 
 # The wheels: the project's (pyproject.toml, dependencies pinned there) and the MLflow image's pins
 pins=$(grep -oE '(mlflow|psycopg2-binary)==[0-9.]+' deploy/docker/mlflow.Dockerfile | sort -u | tr '\n' ' ')
