@@ -28,9 +28,13 @@ def rendered(tmp_path: Path) -> dict:
 
 def test_stack_topology(rendered: dict) -> None:
     s = rendered["services"]
-    assert set(s) == {"postgres", "mlflow", "worker"}
+    assert set(s) == {"postgres", "mlflow", "schema", "worker"}
     assert s["mlflow"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert s["worker"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    # the schemas made once before any worker: replicas never race to create tables
+    assert s["schema"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    assert s["worker"]["depends_on"] == {"mlflow": {"condition": "service_healthy"},
+                                         "schema": {"condition": "service_completed_successfully"}}
+    assert s["schema"]["image"] == s["worker"]["image"] and s["schema"]["build"] == s["worker"]["build"]
     for name in ("postgres", "mlflow"):
         assert s[name]["healthcheck"]["test"]
     assert "/health" in " ".join(s["mlflow"]["healthcheck"]["test"])

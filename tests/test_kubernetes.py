@@ -196,7 +196,8 @@ def test_compose_and_kubernetes_set_only_what_is_read(rendered: dict[str, list[d
                        env={**os.environ, **_env_example()})
     assert r.returncode == 0, r.stderr
     services = yaml.safe_load(r.stdout)["services"]
-    for name, reads in (("worker", sweep_reads), ("mlflow", mlflow_reads), ("postgres", postgres_reads)):
+    for name, reads in (("worker", sweep_reads), ("schema", sweep_reads), ("mlflow", mlflow_reads),
+                        ("postgres", postgres_reads)):
         # what the service's own shell command reads counts as read: compose has no $(NAME)
         command = " ".join(services[name].get("command") or [])
         unread = set(services[name]["environment"]) - reads - set(re.findall(r"\$\{?(\w+)", command))
