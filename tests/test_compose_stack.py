@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -67,6 +68,12 @@ class Stack:
         spec["study"] = "stack"
         spec["training"]["epochs"] = 1
         write_study(data, spec, "stack.yaml")
+        # the faults' study: trials long enough to be stopped in the middle, one config more than
+        # there are workers' first trials
+        spec = study_dict("/data/tiny.npz", configs=[*spec["search"]["configs"], {"activation": "elu"}])
+        spec["study"] = "faults"
+        spec["training"]["epochs"] = 8
+        write_study(data, spec, "faults.yaml")
         for f in data.iterdir():
             f.chmod(0o644)
         self.settings = {**BASES, "POSTGRES_USER": "sweep", "POSTGRES_PASSWORD": self.password,
@@ -74,9 +81,13 @@ class Stack:
                          "SWEEP_DATA_DIR": str(data), "SWEEP_STUDY": "/data/stack.yaml"}
         self.env_file = folder / "stack.env"
         self.env_file.touch(mode=0o600)
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
+        self.set()
         # the shell's own values would win over the env file's
         self.env = {k: v for k, v in os.environ.items() if k not in self.settings}
+
+    def set(self, **settings: str) -> None:
+        self.settings.update(settings)
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
 
     def mask(self, text: str) -> str:
         return text.replace(self.password, "***")
@@ -104,7 +115,7 @@ class Stack:
             if health.get("Status") == "healthy":
                 return
             if health.get("Status") == "unhealthy" or not state["Running"] or time.monotonic() > deadline:
-                probe = (health.get("Log") or [{}])[-1].get("Output", "").strip()
+                probe = _last_lines((health.get("Log") or [{}])[-1].get("Output", ""), 1)  # a traceback's last line
                 logs = subprocess.run(["docker", "logs", "--tail", "15", cid], capture_output=True, text=True)
                 pytest.fail(f"{service}: healthcheck {health.get('Status', 'missing')} ({state['Status']}, exit "
                             f"{state['ExitCode']}); last probe: {self.mask(probe) or '-'}; log: "
@@ -126,8 +137,14 @@ def _docker(*args: str) -> str:
     return r.stdout
 
 
+def _logs(container: str) -> str:
+    r = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+    return r.stdout + r.stderr
+
+
 def _last_lines(text: str, n: int = 15) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # compose's colours
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail(f"tests/docker/build-bases.sh exited {r.returncode}: {_last_lines(r.stderr)}", pytrace=False)
         # the project's images, on the local bases; docker's build cache makes a warm build quick
         for service in ("mlflow", "worker"):
-            s.compose("build", service, timeout=1800)
+            s.compose("build", "--force-rm", service, timeout=1800)  # a failed step's container removed too
         yield s
     finally:
         s.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
@@ -189,7 +206,7 @@ def test_two_workers_finish_a_study_read_from_the_host(stack: Stack) -> None:
     workers = stack.containers("worker")
     assert len(workers) == 2
     codes = _docker("wait", *workers).split()  # until both exit: the study is done
-    logs = {w: subprocess.run(["docker", "logs", w], capture_output=True, text=True).stdout for w in workers}
+    logs = {w: _logs(w) for w in workers}
     assert codes == ["0", "0"], stack.mask(" / ".join(_last_lines(text, 8) for text in logs.values()))
     assert stack.password not in "".join(logs.values())
 
@@ -211,8 +228,19 @@ def test_two_workers_finish_a_study_read_from_the_host(stack: Stack) -> None:
 
     # the MLflow server's runs over HTTP, through its published port: one finished run per trial,
     # each with the trial's own value, and the best one `sweep best` names
+    by_trial = _mlflow_runs(stack, "stack")
+    assert sorted(by_trial) == [0, 1, 2]
+    for t in trials:
+        run = by_trial[t.number]
+        assert run["info"]["status"] == "FINISHED"
+        assert _val_accuracy(run) == pytest.approx(t.value)
+    assert best["mlflow_run_id"] == by_trial[best["trial"]]["info"]["run_id"]
+
+
+def _mlflow_runs(stack: Stack, study: str) -> dict[int, dict]:
+    """The MLflow server's runs of a study over HTTP, through its published port, by trial number."""
     api = f"http://127.0.0.1:{stack.mlflow_port}/api/2.0/mlflow"
-    with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name=stack", timeout=30) as resp:
+    with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name={study}", timeout=30) as resp:
         experiment = json.load(resp)["experiment"]["experiment_id"]
     request = urllib.request.Request(f"{api}/runs/search", method="POST", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"experiment_ids": [experiment], "max_results": 100}).encode())
@@ -223,12 +251,72 @@ def test_two_workers_finish_a_study_read_from_the_host(stack: Stack) -> None:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         if "optuna.trial_number" in tags:
             by_trial[int(tags["optuna.trial_number"])] = run
-    assert sorted(by_trial) == [0, 1, 2]
-    for t in trials:
-        run = by_trial[t.number]
-        assert run["info"]["status"] == "FINISHED"
-        assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["val_accuracy"] == pytest.approx(t.value)
-    assert best["mlflow_run_id"] == by_trial[best["trial"]]["info"]["run_id"]
+    return by_trial
+
+
+def _val_accuracy(run: dict) -> float:
+    return {m["key"]: m["value"] for m in run["data"]["metrics"]}["val_accuracy"]
+
+
+def test_a_worker_stopped_mid_trial_and_an_mlflow_outage(stack: Stack) -> None:
+    """A worker container stopped in the middle of a trial (SIGTERM, as `docker compose stop`
+    sends: compose stops every replica, so `docker stop` names one): its trial is marked
+    interrupted and the other worker trains that config again. Meanwhile `docker-compose kill
+    mlflow`, then `up -d mlflow`: the worker goes on through the outage, and nothing is lost."""
+    import optuna
+    from sqlalchemy.pool import NullPool
+
+    stack.set(SWEEP_STUDY="/data/faults.yaml")
+    stack.compose("up", "-d", "--scale", "worker=2", "worker")  # the workers made again for the new study
+    workers = stack.containers("worker")
+    assert len(workers) == 2
+    url = f"postgresql+psycopg2://sweep:{stack.password}@127.0.0.1:{stack.postgres_port}/optuna"
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+
+    victim = None  # the event: a trial RUNNING in the store, in one of the two containers
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name="faults", storage=storage)
+        except KeyError:  # not created yet
+            time.sleep(0.5)
+            continue
+        running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and "worker" in t.user_attrs]
+        if running:
+            victim = running[0]
+        else:
+            time.sleep(0.5)
+    assert victim is not None, "no trial of the study 'faults' started within 300 s"
+    stopped = next(w for w in workers if victim.user_attrs["worker"].startswith(w[:12]))
+    survivor = next(w for w in workers if w != stopped)
+    _docker("stop", "-t", "30", stopped)
+    stopped_state = json.loads(_docker("inspect", "-f", "{{json .State}}", stopped))
+
+    stack.compose("kill", "mlflow")
+    assert json.loads(_docker("inspect", "-f", "{{json .State}}", stack.containers("mlflow")[0]))["Running"] is False
+    stack.compose("up", "-d", "mlflow")
+    stack.wait_healthy("mlflow")
+
+    code = _docker("wait", survivor).strip()
+    log = _logs(survivor)
+    assert code == "0", stack.mask(_last_lines(log, 12))
+    assert stopped_state["ExitCode"] != 137, "the stopped worker did not stop within its 30 s grace"
+
+    trials = optuna.load_study(study_name="faults", storage=storage).trials
+    first = next(t for t in trials if t.number == victim.number)
+    assert first.state.name == "FAIL" and first.user_attrs.get("interrupted"), (first.state, first.user_attrs)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    configs = [tuple(sorted(t.params.items())) for t in done]
+    assert len(configs) == len(set(configs)) == 4, [t.params for t in done]  # each config once, none twice
+    again = [t for t in done if t.params == first.params]
+    assert len(again) == 1 and again[0].number > first.number, "the interrupted trial was not taken again"
+    assert again[0].user_attrs["worker"].startswith(survivor[:12])
+
+    runs = _mlflow_runs(stack, "faults")  # nothing lost to the outage: every trial's run, in its state
+    assert runs[first.number]["info"]["status"] == "KILLED"
+    for t in done:
+        assert runs[t.number]["info"]["status"] == "FINISHED", (t.number, runs[t.number]["info"])
+        assert _val_accuracy(runs[t.number]) == pytest.approx(t.value)
 
 
 def test_down_leaves_nothing(stack: Stack) -> None:
