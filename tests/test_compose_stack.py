@@ -107,7 +107,10 @@ class Stack:
     def wait_healthy(self, service: str) -> None:
         """Until the service's healthcheck passes; fails at once when docker marks it unhealthy or
         its container stops, with the healthcheck's last output and the container's log."""
-        (cid,) = self.containers(service)
+        found = self.containers(service)
+        if not found:
+            pytest.fail(f"{service}: no container (not started)", pytrace=False)
+        cid = found[0]
         deadline = time.monotonic() + HEALTHY_WITHIN
         while True:
             state = json.loads(_docker("inspect", "-f", "{{json .State}}", cid))
@@ -178,9 +181,10 @@ def test_images_are_the_kubernetes_manifests(stack: Stack) -> None:
 
 
 def test_up_until_healthy(stack: Stack) -> None:
-    stack.compose("up", "-d", "postgres", "mlflow")
-    for service in ("postgres", "mlflow"):
+    up = stack.compose("up", "-d", "postgres", "mlflow", check=False)
+    for service in ("postgres", "mlflow"):  # an unhealthy one named, with its healthcheck's last output
         stack.wait_healthy(service)
+    assert up.returncode == 0, stack.mask(_last_lines(up.stdout + up.stderr))
     # published on the loopback only, and answering there
     ports = _docker("port", stack.containers("mlflow")[0]) + _docker("port", stack.containers("postgres")[0])
     assert {line.split(" -> ")[1].rsplit(":", 1)[0] for line in ports.splitlines()} == {"127.0.0.1"}
