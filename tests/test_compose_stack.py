@@ -156,7 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("stack"))
     try:
         r = subprocess.run([str(ROOT / "tests" / "docker" / "build-bases.sh")], cwd=ROOT, capture_output=True,
-                           text=True, timeout=1800, env={**os.environ, "PYTHON": os.environ.get("PYTHON", "python3")})
+                           text=True, timeout=1800, env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)})
         if r.returncode != 0:
             pytest.fail(f"tests/docker/build-bases.sh exited {r.returncode}: {_last_lines(r.stderr)}", pytrace=False)
         # the project's images, on the local bases; docker's build cache makes a warm build quick
