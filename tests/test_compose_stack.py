@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -291,6 +292,18 @@ def test_a_worker_stopped_mid_trial_and_an_mlflow_outage(stack: Stack) -> None:
         else:
             time.sleep(0.5)
     assert victim is not None, "no trial of the study 'faults' started within 300 s"
+    # and its MLflow run there with an epoch's metrics: the trial is training, 7 epochs to go. (Stopped
+    # before its first epoch ended, a worker once left its run RUNNING on the server, not KILLED.)
+    while time.monotonic() < deadline:
+        try:
+            run = _mlflow_runs(stack, "faults").get(victim.number)
+            if run and any(m["key"] == "loss" for m in run["data"].get("metrics", [])):  # Keras' per-epoch loss
+                break
+        except (urllib.error.HTTPError, KeyError):  # the experiment is not there yet
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"trial {victim.number} of 'faults' has no MLflow run with metrics after 300 s", pytrace=False)
     stopped = next(w for w in workers if victim.user_attrs["worker"].startswith(w[:12]))
     survivor = next(w for w in workers if w != stopped)
     _docker("stop", "-t", "30", stopped)
@@ -317,7 +330,7 @@ def test_a_worker_stopped_mid_trial_and_an_mlflow_outage(stack: Stack) -> None:
     assert again[0].user_attrs["worker"].startswith(survivor[:12])
 
     runs = _mlflow_runs(stack, "faults")  # nothing lost to the outage: every trial's run, in its state
-    assert runs[first.number]["info"]["status"] == "KILLED"
+    assert runs[first.number]["info"]["status"] == "KILLED", stack.mask(_last_lines(_logs(stopped), 10))
     for t in done:
         assert runs[t.number]["info"]["status"] == "FINISHED", (t.number, runs[t.number]["info"])
         assert _val_accuracy(runs[t.number]) == pytest.approx(t.value)
