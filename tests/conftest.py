@@ -61,7 +61,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from sweep.urls import mask
 
     parts = {"PostgreSQL": mask(POSTGRES_URL) if POSTGRES_URL else None,
-             "docker-compose": shutil.which("docker-compose"),
+             "docker-compose": shutil.which("docker-compose"), "dockerd": shutil.which("dockerd"),
+             "debootstrap": shutil.which("debootstrap"),
              "chromium": shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).is_file() else None),
              "kubectl": shutil.which("kubectl")}
     return ["system parts: " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in parts.items())]

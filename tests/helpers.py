@@ -155,6 +155,21 @@ def fail_without_postgres() -> None:
                 "SWEEP_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB)", pytrace=False)
 
 
+def compose_command() -> list[str]:
+    """Debian's docker-compose, or the docker CLI's compose plugin; the test fails, saying how to
+    get one, when there is neither."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail("no compose parser: the compose tests need Debian's docker-compose (apt-get install "
+                "docker-compose; tests/setup-machine.sh, the README's test command, installs it)", pytrace=False)
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     import socket

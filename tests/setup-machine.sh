@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # What the tests need from the machine, beside the Python packages (`pip install -e '.[test]'`):
 # - PostgreSQL answering on 127.0.0.1:5432 (the PostgreSQL tests; started if installed but down);
-# - Debian's docker-compose: tests/test_compose.py validates docker-compose.yml with a real parser;
+# - Debian's docker-compose: tests/test_compose.py validates docker-compose.yml with a real parser, and
+#   tests/test_compose_stack.py runs the stack with it on Debian's Docker engine (docker.io; the test
+#   starts dockerd when it is not running);
+# - debootstrap: tests/docker/build-bases.sh makes the stack's base images from Debian's packages
+#   (no image registry here);
 # - Debian's Chromium: tests/test_ui.py drives the MLflow UI with Playwright (no browser download);
 # - kubectl with kustomize v5: tests/test_kubernetes.py renders deploy/kubernetes (said, not installed:
 #   Debian's kubernetes-client is too old; the Kubernetes apt repository has it).
@@ -30,6 +34,14 @@ fi
 
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   apt_install docker-compose
+fi
+
+if [ ! -x /usr/sbin/dockerd ] && ! command -v dockerd >/dev/null 2>&1; then
+  apt_install docker.io
+fi
+
+if [ ! -x /usr/sbin/debootstrap ] && ! command -v debootstrap >/dev/null 2>&1; then
+  apt_install debootstrap
 fi
 
 if [ ! -x /usr/bin/chromium ]; then

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import compose_command
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _compose() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    pytest.fail("no compose parser: the compose tests need Debian's docker-compose (apt-get install "
-                "docker-compose; tests/setup-machine.sh, the README's test command, installs it)", pytrace=False)
 
 
 @pytest.fixture
@@ -29,16 +21,20 @@ def rendered(tmp_path: Path) -> dict:
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
-    r = subprocess.run([*_compose(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*compose_command(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return yaml.safe_load(r.stdout)
 
 
 def test_stack_topology(rendered: dict) -> None:
     s = rendered["services"]
-    assert set(s) == {"postgres", "mlflow", "worker"}
+    assert set(s) == {"postgres", "mlflow", "schema", "worker"}
     assert s["mlflow"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert s["worker"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    # the schemas made once before any worker: replicas never race to create tables
+    assert s["schema"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    assert s["worker"]["depends_on"] == {"mlflow": {"condition": "service_healthy"},
+                                         "schema": {"condition": "service_completed_successfully"}}
+    assert s["schema"]["image"] == s["worker"]["image"] and s["schema"]["build"] == s["worker"]["build"]
     for name in ("postgres", "mlflow"):
         assert s[name]["healthcheck"]["test"]
     assert "/health" in " ".join(s["mlflow"]["healthcheck"]["test"])
@@ -59,7 +55,7 @@ def test_secrets_come_from_env_file_only(rendered: dict) -> None:
 def test_missing_password_is_refused(tmp_path: Path) -> None:
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
-    r = subprocess.run([*_compose(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    r = subprocess.run([*compose_command(), "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
     assert r.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in r.stderr

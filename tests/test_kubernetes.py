@@ -197,7 +197,8 @@ def test_compose_and_kubernetes_set_only_what_is_read(rendered: dict[str, list[d
                        env={**os.environ, **_env_example()})
     assert r.returncode == 0, r.stderr
     services = yaml.safe_load(r.stdout)["services"]
-    for name, reads in (("worker", sweep_reads), ("mlflow", mlflow_reads), ("postgres", postgres_reads)):
+    for name, reads in (("worker", sweep_reads), ("schema", sweep_reads), ("mlflow", mlflow_reads),
+                        ("postgres", postgres_reads)):
         # what the service's own shell command reads counts as read: compose has no $(NAME)
         command = " ".join(services[name].get("command") or [])
         unread = set(services[name]["environment"]) - reads - set(re.findall(r"\$\{?(\w+)", command))
@@ -217,7 +218,7 @@ def test_every_configmap_a_pod_mounts_exists(rendered: dict[str, list[dict[str, 
 
 def test_no_password_in_a_manifest_configmap_or_image(rendered: dict[str, list[dict[str, Any]]]) -> None:
     text = "\n".join(yaml.safe_dump_all(docs) for docs in rendered.values())
-    text += "".join(p.read_text() for p in (ROOT / "deploy" / "docker").iterdir())
+    text += "".join(p.read_text() for p in (ROOT / "deploy" / "docker").glob("*.Dockerfile"))
     assert _env_example()["POSTGRES_PASSWORD"] not in text
     assert not re.search(r"://[^/\s:@]+:(?!\$)[^@\s]+@", text), "a URL with a literal password"
     for docs in rendered.values():
