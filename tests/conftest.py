@@ -45,7 +45,8 @@ POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 # file whole in one worker, handed out in collection order (not xdist's default, most tests first):
 # the longest go first, so that none starts last while the other worker idles (each took 200-440 s of the 2,500 s suite run one file after another here on
 # 2026-12-05, AMD EPYC family 25 model 17, 2 cores; the rest 0-110 s)
-LONGEST_FIRST = ("test_workers.py", "test_study.py", "test_chaos.py", "test_server.py", "test_confirm.py")
+LONGEST_FIRST = ("test_workers.py", "test_study.py", "test_chaos.py", "test_compose_stack.py", "test_server.py",
+                 "test_confirm.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
