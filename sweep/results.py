@@ -270,7 +270,6 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
     import mlflow
 
     from sweep.models import custom
-    from sweep.tracking.runs import fluent_tracking
 
     if trial is None and (confirmed := confirm.confirmation_of(study, resolve(storage).optuna)) is not None \
             and best_config(study, storage, tracking_uri).get("judged_by") == "confirmation":
@@ -292,17 +291,18 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
                          "only complete trials have one")
     activation = t.params.get("activation")
     tracking = resolve(storage, tracking_uri).tracking
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking)
     try:
-        with fluent_tracking(tracking):
-            if custom.is_custom(activation):
-                from mlflow import pyfunc
-                from mlflow.models import get_model_info
+        if custom.is_custom(activation):
+            from mlflow import pyfunc
+            from mlflow.models import get_model_info
 
-                if pyfunc.CODE in get_model_info(uri).flavors[pyfunc.FLAVOR_NAME]:
-                    # the model carries its activation's code and loader (sweep/tracking/model_code.py)
-                    return pyfunc.load_model(uri).get_raw_model()
-                custom.register(activation)  # logged before models carried it: from the working directory
-            return mlflow.keras.load_model(uri)
+            if pyfunc.CODE in get_model_info(uri).flavors[pyfunc.FLAVOR_NAME]:
+                # the model carries its activation's code and loader (sweep/tracking/model_code.py)
+                return pyfunc.load_model(uri).get_raw_model()
+            custom.register(activation)  # logged before models carried it: from the working directory
+        return mlflow.keras.load_model(uri)
     except custom.CustomActivationError:
         raise  # its own line, naming the file (not a model deleted by keep_models)
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
@@ -313,6 +313,8 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
         raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
                          f"{mask(tracking)} failed: {mask(first_line(e)).rstrip('.')}. "
                          "Pass the tracking_uri the study was run with.") from None
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def promote(study: str, trial: int | None = None, storage: str | Stores | None = None,

@@ -12,7 +12,6 @@ Optuna (sweep/tracking/sync.py).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import json
@@ -22,7 +21,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError, first_line
 from sweep.storage import seed_tracking, tracking_artifact_location
@@ -81,12 +80,15 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, study_name: str, storage: str | None = None,
                  replay: Callable[[Tracker, set[int] | None], Collection[int]] | None = None) -> None:
+        import mlflow
         from mlflow import MlflowClient
 
         self.uri = tracking_uri
         self.study_name = study_name
         self.storage = storage
         seed_tracking(tracking_uri)  # a new SQLite store without MLflow's 3-4 s of migrations
+        # mlflow's model logging goes through the fluent API, which reads the global URI
+        mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment()
         self.sender = Sender(study_name, on_drained=None if replay is None else functools.partial(replay, self))
@@ -320,17 +322,6 @@ class _SavedKeras:
         mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-@contextlib.contextmanager
-def fluent_tracking(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (`Model.log`, `mlflow.keras.load_model`) reads one global tracking URI:
-    `uri` for the block only (MLflow's own `_use_tracking_uri`), so that neither a Tracker nor a
-    query changes it for the rest of the caller's process."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(uri):
-        yield
-
-
 def log_saved_model(tracker: Tracker, rid: str, saved: Path, step: int, logged: dict[str, str]) -> str:
     """Log the model saved at `saved` as run `rid`'s model, linked to its metrics at `step`, and tag
     the run with its URI; `logged` keeps the LoggedModel made on a first try, so one model is logged
@@ -343,9 +334,8 @@ def log_saved_model(tracker: Tracker, rid: str, saved: Path, step: int, logged: 
         logged["id"] = tracker.client.create_logged_model(
             tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
     # `step`: MLflow links the run's metrics at this step to the model (default 0: epoch 1's)
-    with fluent_tracking(tracker.uri):
-        info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
-                         model_id=logged["id"], step=step)
+    info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
+                     model_id=logged["id"], step=step)
     tracker.client.set_tag(rid, MODEL_URI_TAG, info.model_uri)
     logged["uri"] = info.model_uri
     return info.model_uri
