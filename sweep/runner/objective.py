@@ -109,16 +109,9 @@ def make_objective(
     layers = activation_layers(spec)
     datasets = tracker.datasets(data)  # MLflow dataset inputs: every array hashed once, not per trial
 
+    # a stop, wherever it lands (sampling, MLflow's run being created, training), is marked
+    # interrupted by the trial loop that called this (sweep/runner/worker.py `_run_one`)
     def objective(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
-        try:
-            return run_trial(trial)
-        except KeyboardInterrupt:
-            # wherever the stop lands (sampling, MLflow's run being created, training), the trial
-            # is marked for resume: otherwise a stop during set-up leaves a plain FAIL
-            trial.set_user_attr(INTERRUPTED, True)
-            raise
-
-    def run_trial(trial: optuna.trial.Trial) -> float | tuple[float, ...]:
         import keras
         import optuna
         from optuna_integration import KerasPruningCallback

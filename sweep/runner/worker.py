@@ -158,8 +158,9 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
                         "for grace_period); its retry stands", trial.number)
             return
         except BaseException as e:
-            # Ctrl-C/SIGTERM or a bug: never leave it RUNNING. The objective marks a stop interrupted
-            # (run again on resume) wherever it lands inside; one before the objective began is marked here.
+            # Ctrl-C/SIGTERM or a bug: never leave it RUNNING. A stop, wherever it landed (before the
+            # objective began, sampling, the MLflow run being created, training), is marked
+            # interrupted: run again on resume, not a plain FAIL
             with contextlib.suppress(Exception):
                 if isinstance(e, KeyboardInterrupt):
                     trial.set_user_attr(INTERRUPTED, True)
