@@ -16,7 +16,7 @@ from sweep.console import setup_logging
 from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
-                           ENV_TRACKING)
+                           ENV_TRACKING, resolve, settings)
 
 app = typer.Typer(
     help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
@@ -129,8 +129,6 @@ def run(
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         setup_logging(verbose, console=True)
         if workers > 1:
-            from sweep.storage import resolve
-
             raise typer.Exit(_run_pool(study, resolve(storage, tracking_uri, config), n_trials, workers, config,
                                        verbose, threads_per_worker))
         from sweep.runner import launch
@@ -230,7 +228,6 @@ def confirm(
         from sweep.config import confirm_options
         from sweep.runner import confirm as confirm_mod
         from sweep.runner import launch
-        from sweep.storage import resolve
 
         options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
         stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
@@ -254,7 +251,6 @@ def status(
 ) -> None:
     """Trials by state and by worker, running trials and their times, ETA."""
     from sweep.runner.status import format_status, status as study_status
-    from sweep.storage import resolve
 
     st = study_status(study, storage=resolve(storage, config=config))
     typer.echo(json.dumps(st.to_dict()) if as_json else format_status(st))
@@ -273,7 +269,6 @@ def best(
     otherwise the best trial. Value, activation params, MLflow run id; for a study of several
     metrics, its Pareto front (one row per trial; JSON: {"pareto": [...], ...})."""
     from sweep.results import best_config
-    from sweep.storage import resolve
 
     cfg = best_config(study, storage=resolve(storage, tracking_uri, config))
     if as_json:
@@ -304,7 +299,6 @@ def promote(
     alias `best` (a study does it itself when it completes): load it with
     mlflow.pyfunc.load_model("models:/STUDY@best") or sweep.load_model(STUDY)."""
     from sweep.results import promote as promote_model
-    from sweep.storage import resolve
 
     out = promote_model(study, trial=trial, storage=resolve(storage, tracking_uri, config))
     if as_json:
@@ -328,7 +322,6 @@ def trials(
 ) -> None:
     """All trials of a study as a table (state, value, params, seed, MLflow run id)."""
     from sweep.results import trials_table
-    from sweep.storage import resolve
 
     df = trials_table(study, storage=resolve(storage, config=config))
     typer.echo(df.to_string(index=False))
@@ -356,7 +349,6 @@ def compare(
     """Per configuration over repeats: mean, CI; vs baseline: difference, paired or Welch test, p raw and
     adjusted, effect size, minimum detectable difference."""
     from sweep.analysis.compare import compare as compare_configs, format_comparison
-    from sweep.storage import resolve
 
     result = compare_configs(study, storage=resolve(storage, config=config), metric=metric, baseline=baseline,
                              correction=correction, effect=effect)
@@ -376,7 +368,6 @@ def report(
 ) -> None:
     """Write a report folder (Markdown + PNGs) and log it to the study's MLflow parent run."""
     from sweep.analysis.report import report as write_report
-    from sweep.storage import resolve
 
     folder = write_report(study, out=out, storage=resolve(storage, tracking_uri, config), metric=metric,
                           baseline=baseline)
@@ -401,7 +392,6 @@ def server(
 ) -> None:
     """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
     from sweep.server import serve
-    from sweep.storage import resolve, settings
 
     s = settings(config)
     flags = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
@@ -425,7 +415,6 @@ def schema(
     Run it once before workers start (the Kubernetes schema Job does): they then never race to
     create tables. `sweep server` does the same each time it starts."""
     from sweep.server import upgrade_schemas
-    from sweep.storage import ENV_BACKEND, resolve, settings
     from sweep.urls import mask
 
     backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
