@@ -49,10 +49,9 @@ def run_workers(study: str, argv: list[str], stores: Stores, workers: int, view:
                 threads: int | None = None, complete: Callable[[], bool] | None = None) -> int:
     """Start `workers` trial processes of `sweep ARGV` (`sweep worker STUDY ...`, as sweep.cli
     words it) and wait for all, each with `threads` TensorFlow threads (default: the cores shared
-    out). Returns an exit code: 0 when all finished,
-    or when `complete()` says the study has all it needs although a worker failed or was killed on
-    the way (the others took its trial over); else the first failing worker's code; 130/143 after
-    Ctrl-C/SIGTERM.
+    out). Returns an exit code: 0 when all finished, or when `complete()` says the study has all
+    it needs although a worker failed or was killed on the way (the others took its trial over);
+    else the first failing worker's code; 130/143 after Ctrl-C/SIGTERM.
 
     Their stderr comes through this process, a line at a time, so lines from N workers never
     interleave mid-line; with a live `view`, they send their progress as events to its footer."""

@@ -198,9 +198,8 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: 
     """
     from optuna.trial import TrialState
 
-    from sweep.runner.handover import HandOver
-
     from sweep import search
+    from sweep.runner.handover import HandOver
 
     explicit_plan = search.plan(cfg.search) is not None
     ran = 0
