@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -486,8 +487,8 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if method == "ask":
                 result = real(*args, **kwargs)  # committed: the trial is RUNNING
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.2)  # the handler runs in here
+            # to this thread: Python runs the handler before pthread_kill returns, no sleep to wait in
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
             return result if method == "ask" else real(*args, **kwargs)
 
         setattr(study, method, wrapped)
@@ -538,8 +539,8 @@ def test_a_stop_while_a_trials_mlflow_run_is_being_created_closes_that_run_as_ki
 
     def wait(*args: Any, **kwargs: Any) -> Any:  # the first wait is start_trial's, for the run's id
         if not calls:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.2)  # the handler runs in here
+            # to this thread: Python runs the handler before pthread_kill returns, no sleep to wait in
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
         calls.append(args)
         return real_wait(*args, **kwargs)
 
