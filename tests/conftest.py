@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -122,3 +123,14 @@ def _environment_restored() -> Iterator[None]:
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _sweep_logger_restored() -> Iterator[None]:
+    """An in-process CLI call (`sweep.console.setup_logging`) gives sweep's logger its own handler
+    and stops it propagating, as a command should; a later test in the same pytest worker then saw
+    nothing in caplog (test_storage after test_report's CliRunner calls, in CI). Give it back."""
+    own = logging.getLogger("sweep")
+    kept = own.handlers[:], own.level, own.propagate
+    yield
+    own.handlers[:], own.level, own.propagate = kept

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -82,12 +81,7 @@ def test_config_reaches_a_command_as_its_argument_not_through_the_environment(tm
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'team.db'}")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     os.environ["SWEEP_CONFIG"] = str(other)  # restored after the test (conftest)
-    sweep_log = logging.getLogger("sweep")
-    kept = sweep_log.handlers[:], sweep_log.level, sweep_log.propagate
-    try:  # the command sets sweep's logging up in this process: later tests' caplog needs it back
-        result = CliRunner().invoke(app, ["trials", "s", "--config", str(team)])
-    finally:
-        sweep_log.handlers[:], sweep_log.level, sweep_log.propagate = kept
+    result = CliRunner().invoke(app, ["trials", "s", "--config", str(team)])
     assert result.exit_code == 0, result.output
     assert "COMPLETE" in result.output  # team.db's study, not other.yaml's
     assert os.environ["SWEEP_CONFIG"] == str(other)

@@ -115,13 +115,12 @@ def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
 
 
 def test_two_objective_study_end_to_end(tmp_path: Path, optuna_url: str, tracking_uri: str,
-                                        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+                                        caplog: pytest.LogCaptureFixture) -> None:
     d = _two(_noisy_npz(tmp_path / "noisy.npz"), configs=None, sampler="tpe", n_trials=5,
              space={"activation": ["relu", "leaky_relu", "prelu"], "leaky_alpha": [0.05, 0.3],
                     "prelu_alpha_init": ["zeros", 0.25]})
     d["study"] = "pareto-tiny"
     d["training"].update(epochs=2, learning_rate=0.001)
-    monkeypatch.setattr(logging.getLogger("sweep"), "propagate", True)  # a CLI test may have cut it off
     with caplog.at_level(logging.INFO, logger="sweep"):
         study = sweep.run(write_study(tmp_path, d), storage=optuna_url, tracking_uri=tracking_uri)
 
