@@ -35,6 +35,18 @@ fi
 t0=$(now); tests/docker/build-bases.sh 2>/dev/null; t1=$(now)
 dc build mlflow >/dev/null 2>&1; t2=$(now)
 dc build worker >/dev/null 2>&1; t3=$(now)
+# a commit's change to sweep/ and README.md: the worker image built again from a copy of the build
+# context with both changed (a tag of its own, removed after), on the cache the build above left
+changed=$folder/context
+mkdir "$changed"
+git ls-files -z | xargs -0 cp -a --parents -t "$changed" 2>/dev/null || true
+cp -a deploy/docker/wheelhouse "$changed/deploy/docker/"
+echo "# changed" >>"$changed/sweep/__init__.py"; echo >>"$changed/README.md"
+tc0=$(now)
+DOCKER_BUILDKIT=0 docker build -q -f "$changed/deploy/docker/worker.Dockerfile" \
+  --build-arg BASE_IMAGE=sweep-local/python:3.11-bookworm -t "sweep-bench-changed:$$" "$changed" >/dev/null
+tc1=$(now)
+docker image rm "sweep-bench-changed:$$" >/dev/null
 dc up -d postgres mlflow >/dev/null 2>&1; t4=$(now)
 until [ "$(docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q mlflow)")" = healthy ]; do sleep 0.5; done
 t5=$(now)
@@ -44,6 +56,7 @@ echo "compose stack, $kind build, $(date -u +%F), $(lscpu | sed -n 's/^Model nam
 echo "  local bases (build-bases.sh):   $(secs "$t0" "$t1")"
 echo "  sweep-mlflow build:             $(secs "$t1" "$t2")"
 echo "  sweep-worker build:             $(secs "$t2" "$t3")"
+echo "  sweep-worker after a change:    $(secs "$tc0" "$tc1") (sweep/ and README.md changed)"
 echo "  up -d postgres mlflow, healthy: $(secs "$t3" "$t5") (up returned after $(secs "$t3" "$t4"): postgres healthy)"
 for image in sweep-local/python:3.11-bookworm sweep-local/postgres:15-bookworm sweep-mlflow:latest sweep-worker:latest; do
   printf '  %-34s %s\n' "$image" "$(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%d MB", $1/1e6}')"

@@ -42,7 +42,9 @@ def test_stack_topology(rendered: dict) -> None:
     assert s["mlflow"]["build"]["dockerfile"] == "deploy/docker/mlflow.Dockerfile"
     assert s["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert s["worker"]["environment"]["SWEEP_OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")
-    assert "--serve-artifacts" in s["mlflow"]["command"][-1]
+    mlflow = s["mlflow"]["environment"]  # `mlflow server`'s options as its own variables: no URL in argv
+    assert mlflow["MLFLOW_SERVE_ARTIFACTS"] == "true" and mlflow["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
+    assert "MLFLOW_BACKEND_STORE_URI" not in " ".join(s["mlflow"]["command"]).replace("os.environ['MLFLOW_BACKEND_STORE_URI']", "")
 
 
 def test_secrets_come_from_env_file_only(rendered: dict) -> None:

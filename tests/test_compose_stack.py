@@ -9,6 +9,8 @@ A broken Dockerfile or healthcheck fails the test with one line naming the servi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -35,13 +38,14 @@ def _sudo() -> list[str]:
     return [] if os.geteuid() == 0 else ["sudo", "-n"]
 
 
-def _docker_up() -> subprocess.Popen | None:
-    """A running dockerd: the one already there, or one started here (returned, to be stopped)."""
+def _docker_up(folder: Path) -> subprocess.Popen | None:
+    """A running dockerd: the one already there, or one started here (returned, to be stopped; its
+    log in `folder`, the test's own)."""
     if shutil.which("docker") is None or shutil.which("dockerd") is None:
         pytest.fail("no Docker engine: the stack test needs Debian's docker.io (apt-get install docker.io)", pytrace=False)
     if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
         return None
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"sweep-dockerd-{os.getpid()}.log", "w")
+    log = open(folder / "dockerd.log", "w")
     daemon = subprocess.Popen([*_sudo(), "dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(120):  # the daemon's socket answering is the event waited for
         if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
@@ -151,10 +155,33 @@ def _last_lines(text: str, n: int = 15) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
 
 
+@contextlib.contextmanager
+def _one_stack_per_daemon() -> Iterator[None]:
+    """The images' tags are the Kubernetes manifests' (sweep-worker:latest, sweep-mlflow:latest),
+    one pair per Docker daemon: two runs of this test on one machine (two CI clones) would build over
+    and run each other's images. The second waits for the first, on a lock the kernel drops when
+    its holder ends, however it ends."""
+    with open(Path(tempfile.gettempdir()) / "sweep-compose-stack.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _prune_superseded() -> None:
+    """The project's images that a rebuild took the tag from (dangling, labelled by the Dockerfiles):
+    the build cache and the images with a tag stay."""
+    for title in ("sweep-worker", "sweep-mlflow"):
+        _docker("image", "prune", "--force", "--filter", f"label=org.opencontainers.image.title={title}")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    daemon = _docker_up()
-    s = Stack(tmp_path_factory.mktemp("stack"))
+    with _one_stack_per_daemon():
+        yield from _stack(tmp_path_factory.mktemp("stack"))
+
+
+def _stack(folder: Path) -> Iterator[Stack]:
+    daemon = _docker_up(folder)
+    s = Stack(folder)
     try:
         r = subprocess.run([str(ROOT / "tests" / "docker" / "build-bases.sh")], cwd=ROOT, capture_output=True,
                            text=True, timeout=1800, env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)})
@@ -163,6 +190,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # the project's images, on the local bases; docker's build cache makes a warm build quick
         for service in ("mlflow", "worker"):
             s.compose("build", "--force-rm", service, timeout=1800)  # a failed step's container removed too
+        _prune_superseded()
         yield s
     finally:
         s.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
@@ -189,6 +217,13 @@ def test_up_until_healthy(stack: Stack) -> None:
     # published on the loopback only, and answering there
     ports = _docker("port", stack.containers("mlflow")[0]) + _docker("port", stack.containers("postgres")[0])
     assert {line.split(" -> ")[1].rsplit(":", 1)[0] for line in ports.splitlines()} == {"127.0.0.1"}
+    # the store's password is on no process's command line in any container (`docker top`: the
+    # host's `ps` of them; mlflow takes its store URL from the environment, not an argument)
+    for service in ("postgres", "mlflow"):
+        for cid in stack.containers(service):
+            top = _docker("top", cid, "-eo", "pid,args")
+            assert "mlflow server" in top or service != "mlflow", top
+            assert stack.password not in top, f"{service}: the password is on a command line: {stack.mask(top)}"
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.mlflow_port}/health", timeout=10) as r:
         assert r.read().decode().strip() == "OK"
     # the init script made both databases, and the password is the env file's (TCP: scram)
@@ -305,6 +340,9 @@ def test_a_worker_stopped_mid_trial_and_an_mlflow_outage(stack: Stack) -> None:
         time.sleep(0.5)
     else:
         pytest.fail(f"trial {victim.number} of 'faults' has no MLflow run with metrics after 300 s", pytrace=False)
+    for w in workers:  # a worker mid-trial, its trial process included: no password on a command line
+        top = _docker("top", w, "-eo", "pid,args")
+        assert "sweep" in top and stack.password not in top, stack.mask(top)
     stopped = next(w for w in workers if victim.user_attrs["worker"].startswith(w[:12]))
     survivor = next(w for w in workers if w != stopped)
     _docker("stop", "-t", "30", stopped)

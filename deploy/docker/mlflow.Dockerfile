@@ -15,6 +15,7 @@ RUN python3 -m venv /opt/venv \
        mlflow==3.17.2 psycopg2-binary==2.9.13
 
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=sweep-mlflow
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN useradd --uid 10001 --user-group --create-home mlflow && mkdir /mlartifacts && chown mlflow:mlflow /mlartifacts
