@@ -207,6 +207,10 @@ def test_images_are_the_kubernetes_manifests(stack: Stack) -> None:
         r = subprocess.run(["docker", "run", "--rm", image, *command], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"{image} {' '.join(command)}: {_last_lines(r.stderr)}"
         assert ("3.17.2" if "mlflow" in image else "worker") in r.stdout
+    # no image of this project that a rebuild took the tag from is left (each holds its own top layers)
+    for title in ("sweep-worker", "sweep-mlflow"):
+        left = _docker("images", "-q", "--filter", "dangling=true", "--filter", f"label=org.opencontainers.image.title={title}")
+        assert left.split() == [], f"{title}: superseded images left: {left.split()}"
 
 
 def test_up_until_healthy(stack: Stack) -> None:
