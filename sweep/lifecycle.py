@@ -324,3 +324,33 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+_MLFLOW_URI = threading.RLock()
+
+
+@contextlib.contextmanager
+def mlflow_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI, `uri` for the block only, then as it was.
+
+    MLflow's model APIs take no URI of their own: `Model.log` (a trial's model, sweep/tracking/runs.py)
+    and `mlflow.keras.load_model` or `get_model_info` of a `models:/` URI read the global one
+    (`_resolve_tracking_uri()` in mlflow/models/model.py), and `mlflow.set_tracking_uri` writes
+    $MLFLOW_TRACKING_URI as well. Set for good, it outlived the study: a user's later
+    `mlflow.start_run()` in the same process went to the study's store. MLflow's own scoped form
+    (`_use_tracking_uri`) is private and clears a $MLFLOW_TRACKING_URI the user had set, so this puts
+    both back as found. The lock keeps two threads' blocks apart (the sender's upload, a load)."""
+    import mlflow
+
+    with _MLFLOW_URI:
+        before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # the global, or the variable's
+        variable = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before)
+            if variable is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = variable

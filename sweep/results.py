@@ -9,6 +9,7 @@ from sweep import ranking
 from sweep import record as obj
 from sweep.runner import confirm
 from sweep.errors import SweepError, first_line
+from sweep.lifecycle import mlflow_tracking_uri
 from sweep.models.activations import resolve_params
 from sweep.record import load_study, stored_config
 from sweep.storage import Stores, resolve
@@ -291,18 +292,17 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
                          "only complete trials have one")
     activation = t.params.get("activation")
     tracking = resolve(storage, tracking_uri).tracking
-    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(tracking)
     try:
-        if custom.is_custom(activation):
-            from mlflow import pyfunc
-            from mlflow.models import get_model_info
+        with mlflow_tracking_uri(tracking):  # MLflow's loaders take no URI: they read its global one
+            if custom.is_custom(activation):
+                from mlflow import pyfunc
+                from mlflow.models import get_model_info
 
-            if pyfunc.CODE in get_model_info(uri).flavors[pyfunc.FLAVOR_NAME]:
-                # the model carries its activation's code and loader (sweep/tracking/model_code.py)
-                return pyfunc.load_model(uri).get_raw_model()
-            custom.register(activation)  # logged before models carried it: from the working directory
-        return mlflow.keras.load_model(uri)
+                if pyfunc.CODE in get_model_info(uri).flavors[pyfunc.FLAVOR_NAME]:
+                    # the model carries its activation's code and loader (sweep/tracking/model_code.py)
+                    return pyfunc.load_model(uri).get_raw_model()
+                custom.register(activation)  # logged before models carried it: from the working directory
+            return mlflow.keras.load_model(uri)
     except custom.CustomActivationError:
         raise  # its own line, naming the file (not a model deleted by keep_models)
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, requests errors
@@ -313,8 +313,6 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
         raise SweepError(f"loading {uri} (trial {t.number} of {study!r}) from "
                          f"{mask(tracking)} failed: {mask(first_line(e)).rstrip('.')}. "
                          "Pass the tracking_uri the study was run with.") from None
-    finally:
-        mlflow.set_tracking_uri(before)
 
 
 def promote(study: str, trial: int | None = None, storage: str | Stores | None = None,

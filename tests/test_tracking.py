@@ -56,6 +56,12 @@ def arrival_order(db: Path, run_id: str, key: str) -> list[int]:
 def test_outage_neither_blocks_nor_loses_logging(tmp_path: Path) -> None:
     import keras
 
+    from sweep.lifecycle import mlflow_http_retries
+
+    # what sweep.run sets before it logs (the test's environment is restored after it): without
+    # it, MLflow's own 7 retries held the first call past this test's wait, and the test passed
+    # only after a module fixture elsewhere in the same pytest worker had run a study
+    mlflow_http_retries()
     port, log = free_port(), tmp_path / "server.log"
     url, db = f"http://127.0.0.1:{port}", tmp_path / "mlflow.db"
     args = ["--port", str(port), "--backend-store-uri", f"sqlite:///{db}",
@@ -126,7 +132,10 @@ def test_outage_neither_blocks_nor_loses_logging(tmp_path: Path) -> None:
         # the model went up after the outage, from the files saved before the Keras session was cleared
         import mlflow
 
-        loaded = mlflow.keras.load_model(r0.data.tags["sweep.model_uri"])
+        from sweep.lifecycle import mlflow_tracking_uri
+
+        with mlflow_tracking_uri(url):  # a models:/ URI is read through MLflow's global URI: the user sets it
+            loaded = mlflow.keras.load_model(r0.data.tags["sweep.model_uri"])
         assert loaded.output_shape == (None, 3)
         assert (r1.info.status, r1.data.tags["optuna.state"], r1.data.tags["sweep.fail_reason"]) == \
             ("FAILED", "FAIL", "NaN loss")
@@ -299,6 +308,34 @@ def test_sync_repairs_a_real_sweep(tmp_path: Path, tiny_npz: Path) -> None:
         assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 1
     counts = sync("tiny", storage=storage, tracking_uri=tracking)
     assert counts["runs_created"] == counts["metrics_logged"] == counts["runs_ended"] == 0
+
+
+def test_a_study_in_this_process_leaves_mlflows_tracking_uri_as_it_found_it(
+        tmp_path: Path, tiny_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sweep.run and sweep.load_model set MLflow's global tracking URI only while MLflow's model
+    APIs need it (sweep/lifecycle.py, mlflow_tracking_uri): the user's own URI, here from
+    $MLFLOW_TRACKING_URI, is the one their next `mlflow.start_run()` goes to. (A Tracker set it for
+    good: the study's store stayed the process's.)"""
+    import mlflow
+
+    import sweep
+
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    mlflow.set_tracking_uri(None)  # whatever an earlier test in this worker left (it clears the variable too)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)
+    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}])
+    d["training"]["epochs"] = 1
+    study = sweep.run(write_study(tmp_path, d), storage=storage, tracking_uri=tracking)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert (mlflow.get_tracking_uri(), os.environ["MLFLOW_TRACKING_URI"]) == (mine, mine)
+    model = sweep.load_model("tiny", storage=storage, tracking_uri=tracking)  # through the study's store
+    assert model.count_params() > 0
+    assert (mlflow.get_tracking_uri(), os.environ["MLFLOW_TRACKING_URI"]) == (mine, mine)
+    # and the study's model is where the study logged it, not in the user's store
+    assert MlflowClient(tracking).search_logged_models([MlflowClient(tracking).get_experiment_by_name(
+        "tiny").experiment_id])
+    assert not (tmp_path / "mine.db").exists() or not MlflowClient(mine).search_experiments(filter_string="name = 'tiny'")
 
 
 def test_two_replays_at_once_create_each_missing_run_once(tmp_path: Path, tiny_npz: Path) -> None:

@@ -104,7 +104,7 @@ class Keeper:
                 continue
             # the files first: a model whose entity is gone would no longer be listed here, and its
             # files would stay behind for good
-            get_artifact_repository(model.artifact_location).delete_artifacts()
+            get_artifact_repository(model.artifact_location, tracking_uri=self.tracker.uri).delete_artifacts()
             try:
                 client.delete_logged_model(model.model_id)
             except MlflowException as e:

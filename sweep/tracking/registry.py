@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError, first_line
+from sweep.lifecycle import mlflow_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -90,8 +91,11 @@ def promote(client: MlflowClient, study: str, trial: FrozenTrial, model_uri: str
             tags[f"sweep.{k}"] = repr(float(trial.user_attrs[k]))
     model_id = _logged_model_id(model_uri)
     try:
-        version = client.create_model_version(study, source=model_uri, run_id=run_id, tags=tags,
-                                              model_id=model_id)
+        # MLflow's own database registry finds a `models:/m-...` source through the global tracking
+        # URI, not this client's (mlflow/store/model_registry/sqlalchemy_store.py, a TODO there)
+        with mlflow_tracking_uri(client.tracking_uri):
+            version = client.create_model_version(study, source=model_uri, run_id=run_id, tags=tags,
+                                                  model_id=model_id)
     except MlflowException as e:
         raise SweepError(f"registering the model of trial {trial.number} ({model_uri}) as {study!r} failed: "
                          f"{first_line(e)}") from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from sweep.errors import ServiceError, first_line
+from sweep.lifecycle import mlflow_tracking_uri
 from sweep.storage import seed_tracking, tracking_artifact_location
 from sweep.urls import mask
 from sweep.tracking import model_code, outbox
@@ -80,15 +81,12 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, study_name: str, storage: str | None = None,
                  replay: Callable[[Tracker, set[int] | None], Collection[int]] | None = None) -> None:
-        import mlflow
         from mlflow import MlflowClient
 
         self.uri = tracking_uri
         self.study_name = study_name
         self.storage = storage
         seed_tracking(tracking_uri)  # a new SQLite store without MLflow's 3-4 s of migrations
-        # mlflow's model logging goes through the fluent API, which reads the global URI
-        mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment()
         self.sender = Sender(study_name, on_drained=None if replay is None else functools.partial(replay, self))
@@ -334,8 +332,9 @@ def log_saved_model(tracker: Tracker, rid: str, saved: Path, step: int, logged: 
         logged["id"] = tracker.client.create_logged_model(
             tracker.experiment_id, name="model", source_run_id=rid, model_type="keras").model_id
     # `step`: MLflow links the run's metrics at this step to the model (default 0: epoch 1's)
-    info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
-                     model_id=logged["id"], step=step)
+    with mlflow_tracking_uri(tracker.uri):  # Model.log takes no URI: it reads MLflow's global one
+        info = Model.log(artifact_path=None, name="model", flavor=_SavedKeras(saved), run_id=rid,
+                         model_id=logged["id"], step=step)
     tracker.client.set_tag(rid, MODEL_URI_TAG, info.model_uri)
     logged["uri"] = info.model_uri
     return info.model_uri
