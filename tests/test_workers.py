@@ -917,9 +917,11 @@ def test_max_retry_caps_how_often_a_dead_workers_trial_is_queued_again(tmp_path:
     from sweep.runner import worker
     from sweep.runner.liveness import StaleTrialCallback
     from sweep.runner.setup import open_storage
+    from sweep.tracking.runs import Tracker
 
     ws = WorkerSettings(heartbeat_interval=1, grace_period=2, max_retry=max_retry)
-    rdb = open_storage(f"sqlite:///{tmp_path / 'o.db'}", ws, StaleTrialCallback(ws.max_retry))
+    rdb = open_storage(f"sqlite:///{tmp_path / 'o.db'}", ws)
+    rdb.heartbeat_stale_trial_callback = StaleTrialCallback(ws.max_retry, Tracker(f"sqlite:///{tmp_path / 'm.db'}", "s"))
     study = optuna.create_study(storage=rdb, study_name="s")
     study.enqueue_trial({}, user_attrs={obj.SEED: 7})
     for _ in range(max_retry + 2):  # one more death than retries allowed, and a look after it

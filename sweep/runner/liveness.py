@@ -157,11 +157,11 @@ class Heartbeat:
 class StaleTrialCallback:
     """Called by Optuna for each trial it fails for lack of heartbeats (its worker died)."""
 
-    def __init__(self, max_retry: int | None) -> None:
+    def __init__(self, max_retry: int | None, tracker: Tracker) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        self.tracker: Tracker | None = None  # set once the study's MLflow side is open
+        self.tracker = tracker  # the trial's MLflow run is closed as the trial is failed
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         from sweep.record import RUN_ID, WORKER
@@ -170,7 +170,7 @@ class StaleTrialCallback:
         log.warning("trial %d: %s stopped sending heartbeats (killed?); marked FAIL and queued again",
                     trial.number, worker)
         run_id = trial.user_attrs.get(RUN_ID)
-        if self.tracker is not None and run_id:
+        if run_id:
             self.tracker.end_run(run_id, "FAIL", f"{worker} stopped sending heartbeats; the trial "
                                  "was queued again as a new trial")
         self._retry(study, trial)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import optuna
 
     from sweep.config import StudyConfig, WorkerSettings
-    from sweep.runner.liveness import ResilientRDBStorage, StaleTrialCallback
+    from sweep.runner.liveness import ResilientRDBStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,9 +46,9 @@ class Prepared:
     workers: WorkerSettings
 
 
-def open_storage(url: str, ws: WorkerSettings, on_stale: StaleTrialCallback | None = None
-                 ) -> ResilientRDBStorage:
-    """The Optuna storage a worker uses: heartbeats on, stale trials re-queued, outages ridden."""
+def open_storage(url: str, ws: WorkerSettings) -> ResilientRDBStorage:
+    """The Optuna storage a worker uses: heartbeats on, outages ridden. What happens to a stale
+    trial is set once MLflow is open too (`prepare`)."""
     import warnings
 
     import optuna
@@ -58,7 +58,7 @@ def open_storage(url: str, ws: WorkerSettings, on_stale: StaleTrialCallback | No
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = optuna_storage(url, ResilientRDBStorage, heartbeat_interval=ws.heartbeat_interval,
-                             grace_period=ws.grace_period, heartbeat_stale_trial_callback=on_stale)
+                             grace_period=ws.grace_period)
     rdb.outage_seconds = ws.storage_outage
     return rdb
 
@@ -72,8 +72,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
 
     cfg = config_for(study, stores)
     check_separate(stores)
-    on_stale = StaleTrialCallback(ws.max_retry)
-    rdb = open_storage(stores.optuna, ws, on_stale)
+    rdb = open_storage(stores.optuna, ws)
     _await_tracking(lambda: check_tracking(stores.tracking), lambda: _tracked(rdb, cfg.study), ws.storage_outage)
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study, wait=ws.storage_outage):
@@ -87,7 +86,10 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
 
         tracker, parent = _await_tracking(track, lambda: bool(known), ws.storage_outage)
         write_ahead(stores)  # both stores exist now; local workers on SQLite
-        on_stale.tracker = tracker
+        # Optuna's own attribute, read each time it fails a trial for lack of heartbeats: that trial
+        # is queued again and its MLflow run closed. Set here, where both stores are open; nothing
+        # fails a stale trial before (worker.fail_stale, below, is the first)
+        rdb.heartbeat_stale_trial_callback = StaleTrialCallback(ws.max_retry, tracker)
         if changed:
             tracker.config_changed(parent, new, changed)
         # stored after MLflow took the change: should that fail, the next run sees it again
