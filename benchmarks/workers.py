@@ -119,7 +119,7 @@ def _sweep_worker(url: str, study_name: str, trials: int, index: int, mark: Any)
     import optuna
 
     from sweep import search
-    from sweep.config import WorkerSettings
+    from sweep.settings import WorkerSettings
     from sweep.runner import worker
     from sweep.runner.liveness import Heartbeat, StaleTrialCallback
     from sweep.runner.study import open_storage

@@ -24,7 +24,7 @@ from sweep.storage import ENV_BACKEND, Stores, check_database, check_separate, s
 from sweep.urls import db_url, mask, scheme
 
 if TYPE_CHECKING:
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

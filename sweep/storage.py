@@ -22,7 +22,7 @@ from sweep.urls import SQL_BACKENDS, backend_of, database_of, db_url, mask, pars
 if TYPE_CHECKING:
     import optuna
 
-    from sweep.config import ServiceSettings
+    from sweep.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _sqlite_file(name: str) -> str:
 
 def settings(config: str | Path | None = None) -> ServiceSettings:
     """mlflow.yaml: the given path (must exist), else $SWEEP_CONFIG, else ./mlflow.yaml if present."""
-    from sweep.config import ServiceSettings, load_settings
+    from sweep.settings import ServiceSettings, load_settings
 
     path = _settings_file(config)
     return load_settings(path) if path else ServiceSettings()

@@ -216,7 +216,7 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'server-mlflow.db'}",

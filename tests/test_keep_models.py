@@ -25,7 +25,7 @@ SIX = [{"activation": a} for a in ("relu", "elu", "tanh", "selu", "gelu", "silu"
 @pytest.fixture(scope="module")
 def sweep_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real `sweep server` (MLflow, artifacts proxied into a folder of its own)."""
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     tmp = tmp_path_factory.mktemp("keep-server")

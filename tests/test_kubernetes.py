@@ -129,7 +129,7 @@ def test_the_fields_the_readmes_fault_table_rests_on(rendered: dict[str, list[di
     """README, "On Kubernetes": bad input fails the Job at once, an eviction is not counted, a
     SIGTERM gets 60 s to mark its trial interrupted, and workers wait 300 s for PostgreSQL. Each
     number and rule is read from the rendered manifests and from what sweep itself does."""
-    from sweep.config import load_settings
+    from sweep.settings import load_settings
     from sweep.errors import ConfigError, ServiceError
 
     readme = (ROOT / "README.md").read_text()
@@ -302,7 +302,7 @@ def test_the_worker_jobs_command_joins_a_study_that_sweep_run_started(
     import optuna
     from optuna.trial import TrialState
 
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     optuna_db, mlflow_db = databases

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from helpers import postgres_database, fail_without_postgres, study_dict, write_study
 
 from sweep import storage, urls
-from sweep.config import load_settings
+from sweep.settings import load_settings
 from sweep.errors import ConfigError, ServiceError
 
 SECRET = "s3cr3t-Pa55"

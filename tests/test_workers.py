@@ -42,7 +42,7 @@ def _leaks(text: str) -> bool:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (via sweep.server.start), shared by this module's tests."""
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     tmp = tmp_path_factory.mktemp("mlflow-server")
@@ -599,7 +599,7 @@ def test_a_trial_whose_worker_died_with_its_logging_queued_is_replayed_when_the_
     server. Once the server is back, `sweep run --workers 2` of the complete study replays that
     trial: its run FINISHED with every epoch's metrics and the model the dead process left waiting
     on disk, which is registered as @best; `sweep sync` finds nothing left."""
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -646,7 +646,7 @@ def test_a_worker_on_a_tracked_study_waits_for_the_mlflow_server_and_a_new_study
     """A resumed, handed-over or joining worker meets the MLflow server restarting: it waits for it
     (up to workers.storage_outage) and goes on, where it exited 3 at once (tests/chaos.py). A study
     MLflow never saw still fails fast, with one line: the address is likely wrong."""
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -821,7 +821,7 @@ def test_long_database_outage_stops_with_one_line_and_resumes(tmp_path: Path, ti
 
 def test_mlflow_outage_neither_stops_training_nor_loses_records(tmp_path: Path, tiny_npz: Path, optuna_pg: str
                                                                 ) -> None:
-    from sweep.config import ServerSettings
+    from sweep.settings import ServerSettings
     from sweep.server import start
 
     s = ServerSettings(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -913,7 +913,7 @@ def test_max_retry_caps_how_often_a_dead_workers_trial_is_queued_again(tmp_path:
     storage: a trial whose worker dies again and again is queued again `max_retry` times, then
     left FAIL. Each "worker" takes the next trial, beats once and is gone; the retries keep the
     trial's seed."""
-    from sweep.config import WorkerSettings
+    from sweep.settings import WorkerSettings
     from sweep.runner import worker
     from sweep.runner.liveness import StaleTrialCallback
     from sweep.runner.setup import open_storage

@@ -25,7 +25,8 @@ from sweep.tracking.runs import Tracker
 if TYPE_CHECKING:
     import optuna
 
-    from sweep.config import StudyConfig, WorkerSettings
+    from sweep.config import StudyConfig
+    from sweep.settings import WorkerSettings
     from sweep.runner.liveness import ResilientRDBStorage
 
 log = logging.getLogger(__name__)
