@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -51,8 +51,22 @@ SQLITE_BUSY_SECONDS = 30.0  # how long a write to an SQLite store waits for anot
 
 @dataclass(frozen=True)
 class Stores:
+    """Where both stores are, and the settings file read to find them: what a command resolves once
+    (`resolve`, from its flags, the environment and `--config`) and hands down."""
+
     optuna: str
     tracking: str
+    # mlflow.yaml as `resolve` read it; None: no file (its defaults). Not part of what a Stores is
+    file: ServiceSettings | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def service(self) -> ServiceSettings:
+        """The rest of mlflow.yaml (workers, server), from the same file as the stores."""
+        if self.file is not None:
+            return self.file
+        from sweep.settings import ServiceSettings
+
+        return ServiceSettings()
 
     def __str__(self) -> str:
         return f"optuna={mask(self.optuna)} mlflow={mask(self.tracking)}"
@@ -100,7 +114,7 @@ def resolve(
                                      (os.environ.get(ENV_TRACKING), f"${ENV_TRACKING}"),
                                      (s and s.tracking_uri, f"{where} tracking_uri"),
                                      (_sqlite_file(DEFAULT_MLFLOW_DB), "the default"))
-    stores = Stores(optuna=db_url(optuna_url), tracking=db_url(tracking))
+    stores = Stores(optuna=db_url(optuna_url), tracking=db_url(tracking), file=s)
     said = (stores, optuna_from, tracking_from)
     if said not in _said:  # `-v`: once per process, though several steps resolve the stores
         _said.add(said)

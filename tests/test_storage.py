@@ -256,6 +256,18 @@ def test_config_path_from_env_and_argument(tmp_path: Path, monkeypatch: pytest.M
     assert f"from {tmp_path / 'other.yaml'} tracking_uri" in caplog.text and "team.yaml" not in caplog.text
 
 
+def test_resolved_stores_carry_the_settings_file_they_were_read_with(tmp_path: Path) -> None:
+    """One read of mlflow.yaml: the stores and the rest of it (workers, server) come from the same
+    file, and a command hands both down as one object."""
+    (tmp_path / "team.yaml").write_text("optuna_storage: sqlite:///team.db\nworkers: {grace_period: 90}\n")
+    stores = storage.resolve(config=tmp_path / "team.yaml")
+    assert stores.optuna == "sqlite:///team.db" and stores.service.workers.grace_period == 90
+    assert storage.resolve(stores) is stores  # handed down as it is
+    plain = storage.resolve("sqlite:///team.db")  # no file here: mlflow.yaml's defaults
+    assert plain.service.workers.grace_period == 60 and plain.service.server.port == 5000
+    assert plain.optuna == stores.optuna and "grace" not in repr(stores)  # the settings are not what a Stores is
+
+
 def test_settings_expand_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASS", SECRET)
     p = tmp_path / "m.yaml"

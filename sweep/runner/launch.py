@@ -61,7 +61,6 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, config:
     from sweep.runner.setup import prepare
     from sweep.runner.study import view
     from sweep.runner.summary import summarize
-    from sweep.storage import settings
     from sweep.tracking.sync import replay_unfinished
 
     if n_trials is not None:
@@ -70,7 +69,7 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, config:
     # a KERAS_BACKEND that cannot be used: one line here, not one per worker
     chosen = backend.choose()
     log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
-    p = prepare(study, stores, settings(config).workers)  # under the command's stop_on_signals()
+    p = prepare(study, stores, stores.service.workers)  # under the command's stop_on_signals()
     try:
         if p.todo <= 0:
             log.info("study %s is complete; nothing to run", p.cfg.study)
@@ -137,7 +136,7 @@ def then_confirm(search: optuna.Study, storage: str | None, tracking_uri: str | 
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     confirmation, finals = confirm.prepare(search.study_name, stores.optuna, None)
     say_finalists(search.study_name, confirmation, finals)
-    return run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config, join=join)
+    return run_study(confirmation, storage=stores, join=join)  # resolved once, here
 
 
 def say_finalists(search: str, confirmation: Any, finals: list[Any]) -> None:

@@ -22,7 +22,7 @@ from sweep.runner import worker
 from sweep.runner.resume import requeue_interrupted
 from sweep.runner.setup import Prepared, config_for, prepare
 from sweep.runner.summary import summarize
-from sweep.storage import resolve, settings, study_lock
+from sweep.storage import Stores, resolve, study_lock
 from sweep.tracking.models import Keeper
 from sweep.tracking.runs import experiment_url
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def run(
     study: str | Path | StudyConfig,
-    storage: str | None = None,
+    storage: str | Stores | None = None,
     tracking_uri: str | None = None,
     n_trials: int | None = None,
     dataset: data_mod.Dataset | None = None,
@@ -48,7 +48,8 @@ def run(
 
     `study` is a study file path, a validated `StudyConfig`, or the name of a study already in
     `storage` (its stored config is used). `n_trials` caps the trials this call runs. `config`
-    is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence). `join`:
+    is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence); `storage`
+    may be `Stores` a caller resolved already (then neither `tracking_uri` nor `config`). `join`:
     this process is one of several workers (its sampler draws from its own seed).
     Everything is validated and the data loaded before either store is written. Like a command,
     it sets what Keras and MLflow read from this process's environment only (KERAS_BACKEND, unless
@@ -57,7 +58,7 @@ def run(
     chosen = backend.use()  # before anything imports Keras (the data pipelines may)
     mlflow_http_retries()  # a tracking server's outage is ridden out by the sender, not inside one request
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-    workers = settings(config).workers
+    workers = stores.service.workers  # the same mlflow.yaml, read once
     before = handover.arrived()  # this process goes on from an earlier one of its chain
     if n_trials is not None and before is not None:
         n_trials -= before.trials
