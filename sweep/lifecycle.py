@@ -344,13 +344,9 @@ def mlflow_tracking_uri(uri: str) -> Iterator[None]:
 
     with _MLFLOW_URI:
         before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # the global, or the variable's
-        variable = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(before)
-            if variable is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = variable
+        with environment({"MLFLOW_TRACKING_URI": uri}):  # the variable as found, after set_tracking_uri wrote it
+            mlflow.set_tracking_uri(uri)
+            try:
+                yield
+            finally:
+                mlflow.set_tracking_uri(before)
