@@ -30,6 +30,7 @@ import pytest
 from helpers import compose_command, free_port, study_dict, write_study, write_tiny_npz
 
 ROOT = Path(__file__).resolve().parents[1]
+TITLES = ("sweep-worker", "sweep-mlflow")  # the Dockerfiles' org.opencontainers.image.title labels
 BASES = {"PYTHON_IMAGE": "sweep-local/python:3.11-bookworm", "POSTGRES_IMAGE": "sweep-local/postgres:15-bookworm"}
 HEALTHY_WITHIN = 300  # s: above both healthchecks' own limits (postgres 20 x 5 s, mlflow 20 s + 30 x 5 s)
 
@@ -169,7 +170,7 @@ def _one_stack_per_daemon() -> Iterator[None]:
 def _prune_superseded() -> None:
     """The project's images that a rebuild took the tag from (dangling, labelled by the Dockerfiles):
     the build cache and the images with a tag stay."""
-    for title in ("sweep-worker", "sweep-mlflow"):
+    for title in TITLES:
         _docker("image", "prune", "--force", "--filter", f"label=org.opencontainers.image.title={title}")
 
 
@@ -208,7 +209,7 @@ def test_images_are_the_kubernetes_manifests(stack: Stack) -> None:
         assert r.returncode == 0, f"{image} {' '.join(command)}: {_last_lines(r.stderr)}"
         assert ("3.17.2" if "mlflow" in image else "worker") in r.stdout
     # no image of this project that a rebuild took the tag from is left (each holds its own top layers)
-    for title in ("sweep-worker", "sweep-mlflow"):
+    for title in TITLES:
         left = _docker("images", "-q", "--filter", "dangling=true", "--filter", f"label=org.opencontainers.image.title={title}")
         assert left.split() == [], f"{title}: superseded images left: {left.split()}"
 

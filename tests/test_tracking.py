@@ -406,12 +406,6 @@ def test_an_exception_without_a_message_still_makes_one_clean_line(tmp_path: Pat
     assert first_line(TimeoutError()) == "TimeoutError"
     assert first_line(ValueError("  \n\n  the cause \nmore")) == "the cause"
     assert first_line(RuntimeError("x" * 500)) == "x" * 300
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    try:
-        tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s")
-        message = str(tracker._fail("opening the experiment", TimeoutError()))
-    finally:
-        mlflow.set_tracking_uri(before)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s")  # it leaves MLflow's global URI alone
+    message = str(tracker._fail("opening the experiment", TimeoutError()))
     assert "opening the experiment failed: TimeoutError." in message and "\n" not in message
