@@ -1,4 +1,4 @@
-"""The runs' Dataset column (sweep/tracking/runs.py `dataset_inputs`, sync.py): what each trial
+"""The runs' Dataset column (sweep/tracking/describe.py `dataset_inputs`, trial.py, sync.py): what each trial
 trained, validated and tested on, read back through MlflowClient from a real sweep."""
 
 from __future__ import annotations

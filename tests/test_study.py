@@ -384,18 +384,18 @@ def test_a_stop_during_a_trials_set_up_marks_it_interrupted_too(tmp_path: Path, 
     with Ctrl-C of four workers), and the resume trains the plan exactly once."""
     import signal
 
-    from sweep.tracking.runs import Tracker
+    from sweep.tracking.trial import TrialRun
 
-    real = Tracker.start_trial
+    real = TrialRun.start.__func__  # type: ignore[attr-defined]
     calls = []
 
-    def start_trial(self: Tracker, *a: Any, **kw: Any) -> Any:
+    def start(cls: type[TrialRun], *a: Any, **kw: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:  # the second trial, its first trial done
             os.kill(os.getpid(), signal.SIGINT)
-        return real(self, *a, **kw)
+        return real(cls, *a, **kw)
 
-    monkeypatch.setattr(Tracker, "start_trial", start_trial)
+    monkeypatch.setattr(TrialRun, "start", classmethod(start))
     d = study_dict(tiny_npz)
     d["training"]["epochs"] = 1
     with pytest.raises(KeyboardInterrupt):
@@ -403,7 +403,7 @@ def test_a_stop_during_a_trials_set_up_marks_it_interrupted_too(tmp_path: Path, 
     first = [(t.state, t.user_attrs.get(obj.INTERRUPTED)) for t in optuna.load_study(
         study_name="tiny", storage=optuna_url).get_trials()]
     assert first == [(TrialState.COMPLETE, None), (TrialState.FAIL, True), (TrialState.WAITING, None)]
-    monkeypatch.setattr(Tracker, "start_trial", real)
+    monkeypatch.setattr(TrialRun, "start", classmethod(real))
     study = sweep.run("tiny", storage=optuna_url, tracking_uri=tracking_uri)
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert len(study.get_trials()) == 4

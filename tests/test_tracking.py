@@ -1,4 +1,4 @@
-"""MLflow tracking off the training thread (sweep/tracking/runs.py, sender.py) and its replay
+"""MLflow tracking off the training thread (sweep/tracking/runs.py, trial.py, sender.py) and its replay
 from Optuna (sweep/tracking/sync.py), against a real `mlflow server` process and real stores."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sweep import config as config_mod
 from sweep.record import CONFIG_ATTR, PARENT_ATTR
 from sweep.tracking.runs import Tracker
+from sweep.tracking.trial import TrialRun
 from sweep.tracking.sync import sync
 from sweep.training import Result
 
@@ -71,7 +72,7 @@ def test_outage_neither_blocks_nor_loses_logging(tmp_path: Path) -> None:
         wait_health(url, procs[0], log)
         tracker = Tracker(url, "outage")
         parent = tracker.parent_run(None, {"study": "outage"})
-        run0 = tracker.start_trial(parent, 0, {"activation": "relu", "seed": 0}, "relu")
+        run0 = TrialRun.start(tracker, parent, 0, {"activation": "relu", "seed": 0}, "relu")
         assert run0.run_id is not None  # server up: the run's id comes back as the trial starts
         epochs = run0.epoch_logger()
         epochs.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.1})
@@ -103,7 +104,7 @@ def test_outage_neither_blocks_nor_loses_logging(tmp_path: Path) -> None:
         keras.backend.clear_session()  # as the objective does before the next trial
         del model
         run0.end("COMPLETE", value=0.5)
-        run1 = tracker.start_trial(parent, 1, {"activation": "elu", "seed": 1}, "elu")
+        run1 = TrialRun.start(tracker, parent, 1, {"activation": "elu", "seed": 1}, "elu")
         assert run1.run_id is None  # not created yet, and the trial goes on regardless
         run1.epoch_logger().on_epoch_end(0, {"loss": 2.0, "accuracy": 0.05})
         run1.end("FAIL", reason="NaN loss")
@@ -152,7 +153,7 @@ def test_tracking_trouble_never_raises_into_a_trial(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "gone")
     parent = tracker.parent_run(None, {})
-    run = tracker.start_trial(parent, 0, {"activation": "relu"}, "relu")
+    run = TrialRun.start(tracker, parent, 0, {"activation": "relu"}, "relu")
     assert run.run_id is not None
     MlflowClient(uri).delete_run(run.run_id)  # logging to a deleted run is refused
     run.epoch_logger().on_epoch_end(0, {"loss": 1.0})
@@ -377,7 +378,7 @@ def test_what_was_given_up_is_replayed_when_mlflow_answers_again(tmp_path: Path,
     tracker = Tracker(tracking, "replayed", storage=storage, replay=replay)
     parent = tracker.parent_run(None, {})
     tracker.sender.max_queued = 0  # a full queue: everything of trial 0 is given up
-    run = tracker.start_trial(parent, 0, {"activation": "relu"}, "relu")
+    run = TrialRun.start(tracker, parent, 0, {"activation": "relu"}, "relu")
     run.epoch_logger().on_epoch_end(0, {"loss": 1.0})
     run.end("COMPLETE", value=0.5)
     assert run.run_id is None and tracker.sender.pending() == (3, [0])

@@ -513,7 +513,7 @@ def test_a_stop_while_a_trial_is_taken_or_told_never_leaves_it_running(tmp_path:
 def test_a_stop_while_a_trials_mlflow_run_is_being_created_closes_that_run_as_killed(tmp_path: Path,
                                                                                      tiny_npz: Path) -> None:
     """SIGTERM (`docker compose stop` of a worker) while the trial's child run is being created:
-    the stop was raised inside `start_trial`, where no `run` existed yet to close, and the sender
+    the stop was raised inside `TrialRun.start`, where no `run` existed yet to close, and the sender
     went on to create the run, which stayed RUNNING (tests/test_compose_stack.py saw it twice).
     The stop now waits for the run, then ends it KILLED; the trial ends FAIL, interrupted."""
     import functools
@@ -537,7 +537,7 @@ def test_a_stop_while_a_trials_mlflow_run_is_being_created_closes_that_run_as_ki
                                search.space_of(search.plan(cfg.search)))
     real_wait, calls = tracker.sender.wait, []
 
-    def wait(*args: Any, **kwargs: Any) -> Any:  # the first wait is start_trial's, for the run's id
+    def wait(*args: Any, **kwargs: Any) -> Any:  # the first wait is TrialRun.start's, for the run's id
         if not calls:
             # to this thread: Python runs the handler before pthread_kill returns, no sleep to wait in
             signal.pthread_kill(threading.get_ident(), signal.SIGTERM)

@@ -19,6 +19,7 @@ from sweep.record import (CONFIG_INDEX, EPOCH_METRICS, FAIL_REASON, FINAL_METRIC
                           INTERRUPTED, MLFLOW_PARAMS, MODEL_URI, REPEAT, RUN_ID, SEED, WORKER)
 from sweep.urls import mask
 from sweep.tracking.describe import objective_metrics, run_label, short
+from sweep.tracking.trial import TrialRun
 from sweep.training import numeric, train
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
     from sweep.config import SpaceConfig, StudyConfig
     from sweep.data import Dataset
-    from sweep.tracking.runs import Tracker, TrialRun
+    from sweep.tracking.runs import Tracker
     from sweep.training import Result
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,12 @@ def make_objective(
         trial.set_user_attr(MLFLOW_PARAMS, logged)
         name = run_label(params)
         # a stop while the run is being created waits for it (START_WAIT at most) and lands below,
-        # where the run is closed as KILLED: raised inside start_trial, it left the run that the
+        # where the run is closed as KILLED: raised inside TrialRun.start, it left the run that the
         # sender went on to create RUNNING (`docker compose stop` of a worker before its first epoch)
         hold_stop()
         try:
-            run = tracker.start_trial(parent_run_id, trial.number, logged, label=name, datasets=datasets,
-                                      started=trial.datetime_start)
+            run = TrialRun.start(tracker, parent_run_id, trial.number, logged, label=name, datasets=datasets,
+                                 started=trial.datetime_start)
             if run.run_id is not None:
                 trial.set_user_attr(RUN_ID, run.run_id)
         except BaseException:

@@ -1,5 +1,5 @@
 """What a trial's MLflow run holds, said once for the two paths that write it: live, as the trial
-trains (sweep/tracking/runs.py), and as a replay from what Optuna recorded (sweep/tracking/sync.py).
+trains (sweep/tracking/trial.py), and as a replay from what Optuna recorded (sweep/tracking/sync.py).
 
 A trial's run is a child of its study's parent run, found by its tags (`child_tags`) and named
 `trial-N-<params>`; it holds the trial's params (`param_value`), its dataset inputs
