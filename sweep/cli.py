@@ -16,7 +16,7 @@ from sweep.console import setup_logging
 from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
-                           ENV_TRACKING, resolve, settings)
+                           ENV_TRACKING, resolve)
 
 app = typer.Typer(
     help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
@@ -135,9 +135,10 @@ def run(
         from sweep.runner.study import run as run_study
 
         launch.use_threads(threads_per_worker)
-        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config)
+        stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
+        s = run_study(study, storage=stores, n_trials=n_trials)
         launch.done(s)
-        s = launch.then_confirm(s, storage, tracking_uri, config)
+        s = launch.then_confirm(s, stores)
         if s is not None:
             launch.done(s)
 
@@ -188,12 +189,11 @@ def worker(
     with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
         setup_logging(verbose, console=True)
         from sweep.runner import launch
-        from sweep.runner.study import run as run_study
+        from sweep.runner.study import join
 
         launch.use_threads(threads_per_worker)
-        s = run_study(study, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, config=config,
-                      join=True)
-        launch.then_confirm(s, storage, tracking_uri, config, join=True)
+        stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
+        launch.then_confirm(join(study, stores, n_trials), stores, join=True)
 
 
 @app.command()
@@ -238,7 +238,7 @@ def confirm(
         from sweep.runner.study import run as run_study
 
         launch.use_threads(threads_per_worker)
-        launch.done(run_study(confirmation, storage=storage, tracking_uri=tracking_uri, config=config))
+        launch.done(run_study(confirmation, storage=stores))
 
 
 @_command
@@ -393,12 +393,11 @@ def server(
     """Start the MLflow tracking server from mlflow.yaml (flags override it); Ctrl-C stops it."""
     from sweep.server import serve
 
-    s = settings(config)
+    stores = resolve(config=config)  # mlflow.yaml read once: the server's settings and the Optuna storage
     flags = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
              "artifacts_destination": artifacts_destination, "workers": workers}
-    server_settings = s.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
-    code = serve(server_settings, optuna_storage=resolve(config=config).optuna)
-    raise typer.Exit(code)
+    server_settings = stores.service.server.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    raise typer.Exit(serve(server_settings, optuna_storage=stores.optuna))
 
 
 @_command
@@ -417,11 +416,11 @@ def schema(
     from sweep.server import upgrade_schemas
     from sweep.urls import mask
 
+    stores = resolve(storage=storage, config=config)  # mlflow.yaml read once
     backend = (backend_store_uri or os.environ.get(ENV_BACKEND)  # what `mlflow server` reads too
-               or settings(config).server.backend_store_uri)
-    optuna_url = resolve(storage=storage, config=config).optuna
-    upgrade_schemas(backend, optuna_url)
-    log.info("schemas up to date: MLflow %s, Optuna %s", mask(backend), mask(optuna_url))
+               or stores.service.server.backend_store_uri)
+    upgrade_schemas(backend, stores.optuna)
+    log.info("schemas up to date: MLflow %s, Optuna %s", mask(backend), mask(stores.optuna))
 
 
 @_command
@@ -436,7 +435,7 @@ def sync(
     and the models dead workers left waiting on this machine."""
     from sweep.tracking.sync import sync as sync_study
 
-    c = sync_study(study, storage=storage, tracking_uri=tracking_uri, config=config)
+    c = sync_study(study, storage=resolve(storage, tracking_uri, config))
     typer.echo(f"synced {c['trials']} finished trial(s) of {study}: {c['runs_created']} run(s) created, "
                f"{c['metrics_logged']} metric value(s), {c['params_logged']} param(s) and {c['tags_set']} tag(s) "
                f"logged, {c['runs_ended']} run(s) ended, {c['models_logged']} model(s) uploaded that dead workers "

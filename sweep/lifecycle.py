@@ -333,7 +333,7 @@ _MLFLOW_URI = threading.RLock()
 def mlflow_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's global tracking URI, `uri` for the block only, then as it was.
 
-    MLflow's model APIs take no URI of their own: `Model.log` (a trial's model, sweep/tracking/runs.py)
+    MLflow's model APIs take no URI of their own: `Model.log` (a trial's model, sweep/tracking/trial.py)
     and `mlflow.keras.load_model` or `get_model_info` of a `models:/` URI read the global one
     (`_resolve_tracking_uri()` in mlflow/models/model.py), and `mlflow.set_tracking_uri` writes
     $MLFLOW_TRACKING_URI as well. Set for good, it outlived the study: a user's later
@@ -341,10 +341,11 @@ def mlflow_tracking_uri(uri: str) -> Iterator[None]:
     (`_use_tracking_uri`) is private and clears a $MLFLOW_TRACKING_URI the user had set, so this puts
     both back as found. The lock keeps two threads' blocks apart (the sender's upload, a load)."""
     import mlflow
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
 
     with _MLFLOW_URI:
         before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # the global, or the variable's
-        with environment({"MLFLOW_TRACKING_URI": uri}):  # the variable as found, after set_tracking_uri wrote it
+        with environment({MLFLOW_TRACKING_URI.name: uri}):  # the variable as found, after set_tracking_uri wrote it
             mlflow.set_tracking_uri(uri)
             try:
                 yield

@@ -5,6 +5,7 @@ only sweep/lifecycle.py writes the process's environment."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,47 @@ def test_only_the_lifecycle_module_writes_the_environment() -> None:
             if target is not None:
                 writers.append(f"{m}:{node.lineno}")
     assert writers == [], f"writes to os.environ outside sweep/lifecycle.py: {writers}"
+
+
+MAX_PARAMETERS = 7
+MAX_LINES = 450
+# an environment variable's name, as sweep's own code spells it (the libraries' and sweep's)
+ENV_NAME = re.compile(r"(SWEEP|MLFLOW|KERAS|TF|XLA|CUDA|XDG)_[A-Z0-9_]+")
+
+
+def _is_cli_command(node: ast.FunctionDef) -> bool:
+    """A typer command in sweep/cli.py: its parameters are the command's options."""
+    return any(ast.unparse(d).startswith(("app.command", "_command")) for d in node.decorator_list)
+
+
+def test_no_function_takes_more_than_seven_parameters() -> None:
+    many = []
+    for m, tree in _modules().items():
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+            names = names[1:] if names[:1] in (["self"], ["cls"]) else names
+            if len(names) > MAX_PARAMETERS and not (m == "sweep.cli" and _is_cli_command(node)):
+                many.append(f"{m}.{node.name}: {len(names)}")
+    assert many == [], f"functions of more than {MAX_PARAMETERS} parameters: {many}"
+
+
+def test_no_module_is_over_450_lines() -> None:
+    long = {p.relative_to(ROOT).as_posix(): n for p in (ROOT / "sweep").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_each_environment_variable_is_named_in_one_place() -> None:
+    """A variable's name as a string in one module, once; everywhere else reads the constant (or
+    the library's own, such as mlflow.environment_variables)."""
+    where: dict[str, list[str]] = {}
+    for m, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ENV_NAME.fullmatch(node.value):
+                where.setdefault(node.value, []).append(f"{m}:{node.lineno}")
+    twice = {name: places for name, places in where.items() if len(places) > 1}
+    assert twice == {}, f"environment variables named in more than one place: {twice}"
+    assert "SWEEP_CONFIG" in where and "KERAS_BACKEND" in where  # the scan sees them at all

@@ -117,7 +117,9 @@ def _alphas(client: MlflowClient, frame: pd.DataFrame, run_ids: dict[int, str]) 
     name = diagnostics.ALPHA_FILES[0]
     pooled: dict[str, dict[str, list[np.ndarray]]] = {}
     # one progress bar per small download is noise on the terminal; respect an explicit setting
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")}
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as bar
+
+    quiet = {bar.name: os.environ.get(bar.name, "false")}
     with tempfile.TemporaryDirectory() as tmp, environment(quiet):
         for row in frame.itertuples(index=False):
             rid = run_ids[row.trial]

@@ -117,15 +117,13 @@ def done(s: optuna.Study) -> None:
              s.study_name, f" ({waiting} waiting)" if waiting else "", s.study_name)
 
 
-def then_confirm(search: optuna.Study, storage: str | None, tracking_uri: str | None, config: str | None,
-                 join: bool = False) -> optuna.Study | None:
+def then_confirm(search: optuna.Study, stores: Stores, join: bool = False) -> optuna.Study | None:
     """A study file's `confirm` section: once the search is complete, its finalists are trained on
     fresh seeds in the same command (sweep/runner/confirm.py). Returns the confirmation's study, or
     None when there is none (no section, or the search still has trials to run)."""
     from sweep.record import stored_config
     from sweep.runner import confirm
-    from sweep.runner.study import run as run_study
-    from sweep.storage import resolve
+    from sweep.runner import study
 
     cfg = stored_config(search)
     if cfg.confirm is None:
@@ -133,10 +131,9 @@ def then_confirm(search: optuna.Study, storage: str | None, tracking_uri: str | 
     if not confirm.complete(search.get_trials(deepcopy=False), cfg):
         log.info("study %s is not complete yet: its finalists are confirmed once it is", search.study_name)
         return None
-    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     confirmation, finals = confirm.prepare(search.study_name, stores.optuna, None)
     say_finalists(search.study_name, confirmation, finals)
-    return run_study(confirmation, storage=stores, join=join)  # resolved once, here
+    return study.join(confirmation, stores) if join else study.run(confirmation, storage=stores)
 
 
 def say_finalists(search: str, confirmation: Any, finals: list[Any]) -> None:

@@ -69,7 +69,7 @@ class View:
     """The study's progress as this process shows it; fed events by `callback` or a parent."""
 
     def __init__(self, console: Console | None, mode: str, *, study: str, target: int, done: int,
-                 metric: str, workers: int = 1, verbose: bool = False) -> None:
+                 metric: str, workers: int = 1) -> None:
         self.console = console
         self.mode = mode
         self.study = study
@@ -77,7 +77,8 @@ class View:
         self.done = done
         self.metric = metric
         self.workers = workers
-        self.verbose = verbose
+        # `-v`, as the command set sweep's logging up: every metric of an epoch, not the chosen few
+        self.verbose = log.isEnabledFor(logging.DEBUG)
         self.best = ""
         self.running: dict[str, _Running] = {}
         self.trial_seconds: list[float] = []

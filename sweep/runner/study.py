@@ -42,22 +42,31 @@ def run(
     dataset: data_mod.Dataset | None = None,
     extra_callbacks: Any = None,
     config: str | Path | None = None,
-    join: bool = False,
 ) -> optuna.Study:
-    """Run (or resume, or join) a study in this process.
+    """Run (or resume) a study in this process.
 
     `study` is a study file path, a validated `StudyConfig`, or the name of a study already in
     `storage` (its stored config is used). `n_trials` caps the trials this call runs. `config`
     is an mlflow.yaml settings file (see `sweep.storage.resolve` for the precedence); `storage`
-    may be `Stores` a caller resolved already (then neither `tracking_uri` nor `config`). `join`:
-    this process is one of several workers (its sampler draws from its own seed).
+    may be `Stores` a caller resolved already (then neither `tracking_uri` nor `config`).
     Everything is validated and the data loaded before either store is written. Like a command,
     it sets what Keras and MLflow read from this process's environment only (KERAS_BACKEND, unless
     Keras is imported already; MLflow's HTTP retries, unless set): sweep/lifecycle.py.
     """
+    return _run(study, resolve(storage=storage, tracking_uri=tracking_uri, config=config), n_trials, dataset,
+                extra_callbacks, join=False)
+
+
+def join(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None = None) -> optuna.Study:
+    """`run` as one of several workers on the study (`sweep worker`, a pool's process): its sampler
+    draws from a seed of its own, so workers that start together do not draw alike."""
+    return _run(study, stores, n_trials, None, None, join=True)
+
+
+def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, dataset: data_mod.Dataset | None,
+         extra_callbacks: Any, join: bool) -> optuna.Study:
     chosen = backend.use()  # before anything imports Keras (the data pipelines may)
     mlflow_http_retries()  # a tracking server's outage is ridden out by the sender, not inside one request
-    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
     workers = stores.service.workers  # the same mlflow.yaml, read once
     before = handover.arrived()  # this process goes on from an earlier one of its chain
     if n_trials is not None and before is not None:
@@ -236,6 +245,6 @@ def view(p: Prepared, n_trials: int | None = None, workers: int = 1) -> progress
     if n_trials is not None:
         want = min(want, finished + n_trials)
     return progress.View(console, mode, study=p.cfg.study, target=want, done=finished, metric=shown_metric(p.cfg),
-                         workers=workers, verbose=log.isEnabledFor(logging.DEBUG))
+                         workers=workers)
 
 

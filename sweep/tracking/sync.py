@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Collection, Sequence
 from sweep.errors import ServiceError, SweepError, first_line
 from sweep.record import (EPOCH_METRICS, FAIL_REASON, FINAL_METRICS, INTERRUPTED, MLFLOW_PARAMS, PARENT_ATTR,
                           RUN_ID, SURPLUS, load_study, stored_config)
-from sweep.storage import check_tracking, resolve, study_lock
+from sweep.storage import Stores, check_tracking, resolve, study_lock
 from sweep.urls import mask
 from sweep.tracking import outbox
 from sweep.tracking.describe import (MODEL_URI_TAG, PARENT_TAG, RUN_STATUS, child_tags, chunks, dataset_inputs, end_tags,
                                      filter_value, objective_metrics, param_value, run_label, run_name)
-from sweep.tracking.runs import Tracker, log_saved_model
+from sweep.tracking.runs import Tracker
 from sweep.tracking.sender import BACKOFF_MAX
+from sweep.tracking.trial import log_saved_model
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +46,7 @@ INTERRUPTED_REASON = "interrupted by the user"
 LIVE_BACKLOG_SECONDS = 2 * BACKOFF_MAX
 
 
-def sync(study: str, storage: str | None = None, tracking_uri: str | None = None, config: str | Path | None = None,
+def sync(study: str, storage: str | Stores | None = None, tracking_uri: str | None = None, config: str | Path | None = None,
          trials: Collection[int] | None = None, datasets: Sequence[DatasetInput] | None = None) -> dict[str, Any]:
     """Make MLflow complete and correct for every finished trial of `study` (or only `trials`).
     `datasets`: the runs' dataset inputs (`Tracker.datasets`); by default made from the stored
