@@ -28,19 +28,13 @@ app = typer.Typer(
 )
 log = logging.getLogger("sweep")
 
-StorageOpt = typer.Option(
-    None, "--storage", help=f"Optuna storage URL [env {ENV_OPTUNA}; default sqlite:///{DEFAULT_OPTUNA_DB}]"
-)
-TrackingOpt = typer.Option(
-    None, "--tracking-uri", help=f"MLflow tracking URI [env {ENV_TRACKING}; default sqlite:///{DEFAULT_MLFLOW_DB}]"
-)
-
-
+StorageOpt = typer.Option(None, "--storage",
+                          help=f"Optuna storage URL [env {ENV_OPTUNA}; default sqlite:///{DEFAULT_OPTUNA_DB}]")
+TrackingOpt = typer.Option(None, "--tracking-uri",
+                           help=f"MLflow tracking URI [env {ENV_TRACKING}; default sqlite:///{DEFAULT_MLFLOW_DB}]")
 VerboseOpt = typer.Option(False, "--verbose", "-v",
                           help="more detail: where each store URL came from, every epoch metric, the "
                                "libraries' own logs (TensorFlow, MLflow, Optuna)")
-
-
 ThreadsOpt = typer.Option(None, "--threads-per-worker", min=1,
                           help=f"TensorFlow threads per worker process [env {TF_THREADS[0]}; default: "
                                "the cores shared out between workers; one worker: TensorFlow's own]")
@@ -86,8 +80,7 @@ def _guard() -> Iterator[None]:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
-        typer.echo("interrupted: finished trials are saved; run the same command again to resume",
-                   err=True)
+        typer.echo("interrupted: finished trials are saved; run the same command again to resume", err=True)
         raise typer.Exit(128 + getattr(e, "signum", 2)) from None
     except HandOver:
         raise typer.Exit(HANDOVER_EXIT) from None  # its supervisor starts a fresh process
@@ -106,7 +99,30 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(command)
 
 
-@app.command()
+def _trains(child: Callable[[dict[str, Any]], Optional[list[str]]]) -> Callable[[Callable[..., Any]], Any]:
+    """A command that trains (run, worker, confirm): its trials go to a supervised trial process,
+    `sweep CHILD...` with `child(options)` as CHILD (None: no such child, as for a pool's parent),
+    which this process only restarts (the route: sweep/lifecycle.py). In that process, or with the
+    memory bound off, the body runs: on the live console, in `_guard`, under the signal policy."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)  # typer reads the parameters through __wrapped__
+        def command(**options: Any) -> Any:
+            with _guard():
+                argv = child(options)
+                code = None if argv is None else _in_child(argv, options)
+            if code is not None:
+                raise typer.Exit(code)
+            with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
+                setup_logging(options["verbose"], console=True)
+                return fn(**options)
+
+        return app.command()(command)
+
+    return decorate
+
+
+@_trains(lambda o: ["run", o["study"]] if o["workers"] == 1 else None)
 def run(
     study: str = typer.Argument(..., help="study file (studies/x.yaml), or the name of a stored study to join"),
     storage: Optional[str] = StorageOpt,
@@ -122,38 +138,30 @@ def run(
 
     On a terminal: a live view of the running trial(s) (epoch, batch, loss, metric, ETA) under one
     line per finished trial. In a pipe or a log file: one whole line per epoch and per trial."""
-    if workers == 1:
-        code = _in_child(["run", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
-        if code is not None:
-            raise typer.Exit(code)
-    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        setup_logging(verbose, console=True)
-        if workers > 1:
-            raise typer.Exit(_run_pool(study, resolve(storage, tracking_uri, config), n_trials, workers, config,
-                                       verbose, threads_per_worker))
-        from sweep.runner import launch
-        from sweep.runner.study import run as run_study
+    stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
+    if workers > 1:
+        raise typer.Exit(_run_pool(study, stores, n_trials, workers, config, verbose, threads_per_worker))
+    from sweep.runner import launch
+    from sweep.runner.study import run as run_study
 
-        launch.use_threads(threads_per_worker)
-        stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
-        s = run_study(study, storage=stores, n_trials=n_trials)
+    launch.use_threads(threads_per_worker)
+    s = run_study(study, storage=stores, n_trials=n_trials)
+    launch.done(s)
+    s = launch.then_confirm(s, stores)
+    if s is not None:
         launch.done(s)
-        s = launch.then_confirm(s, stores)
-        if s is not None:
-            launch.done(s)
 
 
-def _in_child(command: list[str], storage: Optional[str], tracking_uri: Optional[str], n_trials: Optional[int],
-              threads: Optional[int], config: Optional[str], verbose: bool) -> Optional[int]:
-    """`command`'s trials in a supervised trial process (sweep.runner.launch.supervised): its exit
-    code, or None when this process runs them itself."""
+def _in_child(command: list[str], options: dict[str, Any]) -> Optional[int]:
+    """`command`'s trials in a supervised trial process (sweep.runner.launch.supervised), with the
+    command's own `options`: its exit code, or None when this process runs them itself."""
     from sweep.runner import launch
 
-    with _guard():
-        return launch.supervised(_child_argv([*command, *(["--n-trials", str(n_trials)] if n_trials else []),
-                                              *(["--threads-per-worker", str(threads)] if threads else [])],
-                                             config, verbose), storage, tracking_uri, config)
-    return None  # unreachable: _guard exits
+    n_trials, threads = options.get("n_trials"), options["threads_per_worker"]
+    return launch.supervised(_child_argv([*command, *(["--n-trials", str(n_trials)] if n_trials else []),
+                                          *(["--threads-per-worker", str(threads)] if threads else [])],
+                                         options["config"], options["verbose"]),
+                             options["storage"], options["tracking_uri"], options["config"])
 
 
 def _child_argv(command: list[str], config: Optional[str], verbose: bool) -> list[str]:
@@ -167,11 +175,10 @@ def _run_pool(study: Any, stores: Any, n_trials: Optional[int], workers: int, co
               threads: Optional[int]) -> int:
     from sweep.runner import launch
 
-    return launch.pool(study, stores, workers, n_trials, config, threads,
-                       lambda name: _child_argv(["worker", name], config, verbose))
+    return launch.pool(study, stores, workers, n_trials, threads, lambda n: _child_argv(["worker", n], config, verbose))
 
 
-@app.command()
+@_trains(lambda o: ["worker", o["study"]])
 def worker(
     study: str = typer.Argument(..., help="name of a study in the Optuna storage, or a study file (the first "
                                           "worker creates the study; the others join it)"),
@@ -183,20 +190,21 @@ def worker(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Join a running study from any machine; exits 0 once the study has what it needs."""
-    code = _in_child(["worker", study], storage, tracking_uri, n_trials, threads_per_worker, config, verbose)
-    if code is not None:
-        raise typer.Exit(code)
-    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        setup_logging(verbose, console=True)
-        from sweep.runner import launch
-        from sweep.runner.study import join
+    from sweep.runner import launch
+    from sweep.runner.study import join
 
-        launch.use_threads(threads_per_worker)
-        stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
-        launch.then_confirm(join(study, stores, n_trials), stores, join=True)
+    launch.use_threads(threads_per_worker)
+    stores = resolve(storage, tracking_uri, config)  # once: the study and its confirmation
+    launch.then_confirm(join(study, stores, n_trials), stores, join=True)
 
 
-@app.command()
+def _confirm_argv(o: dict[str, Any]) -> Optional[list[str]]:
+    return None if o["workers"] > 1 else ["confirm", o["study"], *(["--top", str(o["top"])] if o["top"] else []),
+                                          *(["--per", o["per"]] if o["per"] else []), "--repeats", str(o["repeats"]),
+                                          *(["--name", o["name"]] if o["name"] else [])]
+
+
+@_trains(_confirm_argv)
 def confirm(
     study: str = typer.Argument(..., help="name of a completed search study"),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="finalists: the top K distinct configurations "
@@ -217,28 +225,20 @@ def confirm(
     own (STUDY-confirm); then `sweep best STUDY` names the confirmed winner, tested against the
     other finalists, and how much the search flattered it. Run again to resume, or with more
     --repeats to add only the missing seeds."""
-    argv = ["confirm", study, *(["--top", str(top)] if top else []), *(["--per", per] if per else []),
-            "--repeats", str(repeats), *(["--name", name] if name else [])]
-    if workers == 1:
-        code = _in_child(argv, storage, tracking_uri, None, threads_per_worker, config, verbose)
-        if code is not None:
-            raise typer.Exit(code)
-    with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py
-        setup_logging(verbose, console=True)
-        from sweep.config import confirm_options
-        from sweep.runner import confirm as confirm_mod
-        from sweep.runner import launch
+    from sweep.config import confirm_options
+    from sweep.runner import confirm as confirm_mod
+    from sweep.runner import launch
 
-        options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
-        stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-        confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
-        launch.say_finalists(study, confirmation, finals)
-        if workers > 1:
-            raise typer.Exit(_run_pool(confirmation, stores, None, workers, config, verbose, threads_per_worker))
-        from sweep.runner.study import run as run_study
+    options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
+    stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
+    confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
+    launch.say_finalists(study, confirmation, finals)
+    if workers > 1:
+        raise typer.Exit(_run_pool(confirmation, stores, None, workers, config, verbose, threads_per_worker))
+    from sweep.runner.study import run as run_study
 
-        launch.use_threads(threads_per_worker)
-        launch.done(run_study(confirmation, storage=stores))
+    launch.use_threads(threads_per_worker)
+    launch.done(run_study(confirmation, storage=stores))
 
 
 @_command

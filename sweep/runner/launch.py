@@ -51,8 +51,8 @@ def use_threads(threads: int | None) -> None:
             export(name, value)
 
 
-def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, config: str | None,
-         threads: int | None, worker_argv: Callable[[str], list[str]]) -> int:
+def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads: int | None,
+         worker_argv: Callable[[str], list[str]]) -> int:
     """`--workers N`: the study set up here once, then N trial processes of `sweep
     worker_argv(NAME)` on it; afterwards what a dead worker left is replayed. Returns the exit code."""
     from sweep import backend
