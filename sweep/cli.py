@@ -231,7 +231,7 @@ def confirm(
 
     options = confirm_options({"top": top, "per": per, "repeats": repeats, "study": name})
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-    confirmation, finals = confirm_mod.prepare(study, stores.optuna, options)
+    confirmation, finals = confirm_mod.prepare(study, stores, options)
     launch.say_finalists(study, confirmation, finals)
     if workers > 1:
         raise typer.Exit(_run_pool(confirmation, stores, None, workers, config, verbose, threads_per_worker))

@@ -54,7 +54,7 @@ def best_config(study: str, storage: str | Stores | None = None, tracking_uri: s
     a dict whose `pareto` lists the Pareto-optimal trials.
     """
     stores = resolve(storage, tracking_uri)
-    confirmed = confirm.confirmation_of(study, stores.optuna)
+    confirmed = confirm.confirmation_of(study, stores)
     if confirmed is not None:
         out = _confirmed(study, confirmed, stores, storage, tracking_uri)
         if out is not None:
@@ -272,7 +272,7 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
 
     from sweep.models import custom
 
-    if trial is None and (confirmed := confirm.confirmation_of(study, resolve(storage).optuna)) is not None \
+    if trial is None and (confirmed := confirm.confirmation_of(study, resolve(storage))) is not None \
             and best_config(study, storage, tracking_uri).get("judged_by") == "confirmation":
         return load_model(confirmed, None, storage, tracking_uri)  # the confirmed winner's model
     s = load_study(study, storage)

@@ -256,6 +256,21 @@ def test_config_path_from_env_and_argument(tmp_path: Path, monkeypatch: pytest.M
     assert f"from {tmp_path / 'other.yaml'} tracking_uri" in caplog.text and "team.yaml" not in caplog.text
 
 
+def test_the_stores_line_is_said_once_with_where_they_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """`sweep best nosuch -v` said the stores twice, the second time "from --storage": a step
+    below the command was handed the resolved URL and resolved it again as if it were a flag."""
+    from sweep.errors import SweepError
+    from sweep.results import best_config
+
+    monkeypatch.chdir(tmp_path)  # stores of this test's own: the line is said once per process and stores
+    with caplog.at_level(logging.DEBUG, logger="sweep.storage"):
+        with pytest.raises(SweepError, match="no Optuna storage"):
+            best_config("nosuch", storage=storage.resolve())
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Optuna storage")]
+    assert len(said) == 1 and "(from the default)" in said[0], said
+
+
 def test_resolved_stores_carry_the_settings_file_they_were_read_with(tmp_path: Path) -> None:
     """One read of mlflow.yaml: the stores and the rest of it (workers, server) come from the same
     file, and a command hands both down as one object."""

@@ -385,7 +385,7 @@ def compare(study: str, storage: str | Stores | None = None, metric: str = "test
     from sweep.runner.confirm import confirmation_of
     from sweep.storage import resolve
 
-    confirmed = confirmation_of(study, resolve(storage).optuna)
+    confirmed = confirmation_of(study, resolve(storage))
     if confirmed is not None:
         # a search whose finalists were trained again on fresh seeds (sweep confirm): those runs, paired
         # by seed, answer; against the confirmed winner unless a baseline is named

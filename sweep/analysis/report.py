@@ -253,7 +253,7 @@ def report(study: str, out: str | Path | None = None, storage: str | Stores | No
     from sweep.plots import pyplot
 
     stores = resolve(storage, tracking_uri)
-    s = load_study(study, stores.optuna)
+    s = load_study(study, stores)
     cfg = stored_config(s)
     parent = s.user_attrs.get(PARENT_ATTR)
     if not parent:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import optuna
 
     from sweep.config import ConfirmConfig, StudyConfig
+    from sweep.storage import Stores
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def link(search: optuna.Study, confirmation: StudyConfig, rdb: Any) -> None:
         search.set_user_attr(CONFIRMED_BY, confirmation.study)
 
 
-def prepare(search_name: str, storage: str, confirm: ConfirmConfig | None) -> tuple[StudyConfig, list[Finalist]]:
+def prepare(search_name: str, stores: Stores, confirm: ConfirmConfig | None) -> tuple[StudyConfig, list[Finalist]]:
     """The confirmation of the stored search `search_name`, linked to it and ready to run (its config
     is stored by the run that starts it). `confirm`: the command's choice, else the search's own
     `confirm` section, else the defaults."""
@@ -134,23 +135,23 @@ def prepare(search_name: str, storage: str, confirm: ConfirmConfig | None) -> tu
     from sweep.record import load_study, stored_config
     from sweep.storage import optuna_storage
 
-    search = load_study(search_name, storage)
+    search = load_study(search_name, stores)
     cfg = stored_config(search)
     confirm = confirm or cfg.confirm or ConfirmConfig()
     confirmation, finals = plan(cfg, search.get_trials(deepcopy=False), confirm)
-    link(search, confirmation, optuna_storage(storage))
+    link(search, confirmation, optuna_storage(stores.optuna))
     return confirmation, finals
 
 
-def confirmation_of(study: str, storage: str) -> str | None:
+def confirmation_of(study: str, stores: Stores) -> str | None:
     """The name of the study that confirms `study`, if one does (read straight from Optuna's tables
     where it can be, sweep/peek.py)."""
     from sweep import peek
     from sweep.record import load_study
 
-    found = peek.study_attrs(storage, study, (CONFIRMED_BY,))
+    found = peek.study_attrs(stores.optuna, study, (CONFIRMED_BY,))
     if found is None:
-        found = load_study(study, storage).user_attrs
+        found = load_study(study, stores).user_attrs
     return found.get(CONFIRMED_BY)
 
 

@@ -78,7 +78,7 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads
             # the parent's view of its workers: their trials in one live footer on a terminal
             code = run_workers(p.cfg.study, worker_argv(p.cfg.study), stores, workers,
                                view=view(p, workers=workers), threads=threads,
-                               complete=lambda: has_all(p.study, stores.optuna))
+                               complete=lambda: has_all(p.study, stores))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
             if replay_unfinished(p.tracker, p.study.get_trials(deepcopy=False)):
                 summarize(p)  # a model a dead worker left may be the best: promoted now
@@ -89,7 +89,7 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads
     return code
 
 
-def has_all(study: optuna.Study, storage: str) -> bool:
+def has_all(study: optuna.Study, stores: Stores) -> bool:
     """Whether a study and, where its file has a `confirm` section, its confirmation have every
     trial they need (`sweep run --workers N` exits 0 then, whatever happened to a worker)."""
     from sweep.record import CONFIRMED_BY, load_study, stored_config
@@ -103,7 +103,7 @@ def has_all(study: optuna.Study, storage: str) -> bool:
     confirmation = study.user_attrs.get(CONFIRMED_BY)
     if confirmation is None:
         return False
-    c = load_study(confirmation, storage)
+    c = load_study(confirmation, stores)
     return study_has_all(c, stored_config(c))
 
 
@@ -131,7 +131,7 @@ def then_confirm(search: optuna.Study, stores: Stores, join: bool = False) -> op
     if not confirm.complete(search.get_trials(deepcopy=False), cfg):
         log.info("study %s is not complete yet: its finalists are confirmed once it is", search.study_name)
         return None
-    confirmation, finals = confirm.prepare(search.study_name, stores.optuna, None)
+    confirmation, finals = confirm.prepare(search.study_name, stores, None)
     say_finalists(search.study_name, confirmation, finals)
     return study.join(confirmation, stores) if join else study.run(confirmation, storage=stores)
 

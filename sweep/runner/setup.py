@@ -153,4 +153,4 @@ def config_for(study: str | Path | StudyConfig, stores: Stores) -> StudyConfig:
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(study):
         return config_mod.load(path)
     # a bare name: join the study stored under that name
-    return stored_config(load_study(str(study), stores.optuna))
+    return stored_config(load_study(str(study), stores))

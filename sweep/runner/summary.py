@@ -66,7 +66,7 @@ def _tag_search(p: Prepared) -> None:
     other already, sweep/runner/confirm.py), so the UI leads from one to the other."""
     search = p.study.user_attrs[CONFIRMS]
     try:
-        parent = load_study(search, p.stores.optuna).user_attrs.get(PARENT_ATTR)
+        parent = load_study(search, p.stores).user_attrs.get(PARENT_ATTR)
         if parent:
             p.tracker.client.set_tag(parent, CONFIRMED_BY, p.cfg.study)
     except Exception as e:  # noqa: BLE001 - MlflowException, SweepError: a tag, the next run writes it again
@@ -111,7 +111,7 @@ def _promote(p: Prepared) -> dict[str, str]:
         search = p.study.user_attrs.get(CONFIRMS)
         if search:  # a confirmation: its winner is its search's @best too
             with study_lock(p.stores.optuna, search):
-                s = load_study(search, p.stores.optuna)
+                s = load_study(search, p.stores)
                 registry.promote_best(s, stored_config(s).search, p.tracker.client)
             log.info("best model of study %s: models:/%s@%s, the confirmed winner", search, search, registry.ALIAS)
     except Exception as e:  # noqa: BLE001 - MlflowException, SweepError, requests errors

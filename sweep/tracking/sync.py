@@ -56,7 +56,7 @@ def sync(study: str, storage: str | Stores | None = None, tracking_uri: str | No
     datasets_logged, models_logged, runs_ended, running (left alone), and `synced`, the trial
     numbers made complete."""
     stores = resolve(storage=storage, tracking_uri=tracking_uri, config=config)
-    opt = load_study(study, stores.optuna)
+    opt = load_study(study, stores)
     stored = stored_config(opt)
     cfg = stored.model_dump(mode="json")
     check_tracking(stores.tracking)
