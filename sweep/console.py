@@ -33,7 +33,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from sweep.lifecycle import ENV_WORKER_NAME, mlflow_http_retries, quiet_libraries, tf_log_level
+from sweep.lifecycle import given_worker_name, mlflow_http_retries, quiet_libraries, tf_log_level
 
 # Abseil/glog line: severity letter, MMDD, time, thread id, file:line]
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]\s]+:\d+\] ")
@@ -254,7 +254,7 @@ def setup_logging(verbose: bool, console: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     # workers started by `sweep run --workers N` share one terminal: say whose line it is
-    who = os.environ.get(ENV_WORKER_NAME)
+    who = given_worker_name()
     handler.setFormatter(logging.Formatter(f"%(asctime)s {'[' + who + '] ' if who else ''}%(message)s",
                                            "%H:%M:%S"))
     root = logging.getLogger("sweep")

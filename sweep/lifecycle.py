@@ -259,6 +259,11 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
+def given_worker_name() -> str | None:
+    """The name this process's supervisor, or the user, gave it as a worker (ENV_WORKER_NAME)."""
+    return os.environ.get(ENV_WORKER_NAME) or None
+
+
 def tf_log_level() -> int:
     """TensorFlow's C++ log level in this process (sweep.console filters its notices by it)."""
     try:

@@ -178,3 +178,27 @@ def test_each_environment_variable_is_named_in_one_place() -> None:
     twice = {name: places for name, places in where.items() if len(places) > 1}
     assert twice == {}, f"environment variables named in more than one place: {twice}"
     assert "SWEEP_CONFIG" in where and "KERAS_BACKEND" in where  # the scan sees them at all
+
+
+def test_each_environment_variable_is_read_in_one_module() -> None:
+    """os.environ.get(X), os.environ[X], X in os.environ and os.getenv(X), by the name X is read
+    through (a constant, or the string); the other modules ask that one."""
+    readers: dict[str, set[str]] = {}
+    for m, tree in _modules().items():
+        for node in ast.walk(tree):
+            arg = None
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv") and node.args:
+                arg = node.args[0]
+            elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ" \
+                    and isinstance(node.ctx, ast.Load):
+                arg = node.slice
+            elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)) \
+                    and ast.unparse(node.comparators[0]) == "os.environ":
+                arg = node.left
+            name = None if arg is None else ast.unparse(arg).rsplit(".", 1)[-1]
+            # a string or a constant (ENV_CONFIG, progress.ENV_MODE); not a loop's variable
+            if name is not None and (isinstance(arg, ast.Constant) or name.isupper()):
+                readers.setdefault(name, set()).add(m)
+    many = {name: sorted(ms) for name, ms in readers.items() if len(ms) > 1}
+    assert many == {}, f"environment variables read in more than one module: {many}"
+    assert "ENV_CONFIG" in readers and "ENV_WORKER_NAME" in readers  # the scan sees them at all

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, Union
 
 from sweep.errors import TrialFailed
-from sweep.lifecycle import ENV_WORKER_NAME, hold_stop, release_stop, trial_process
+from sweep.lifecycle import given_worker_name, hold_stop, release_stop, trial_process
 from sweep.record import state_name  # noqa: F401 (sweep.runner.status reads it from here)
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def worker_name() -> str:
     processes that hand over to each other (sweep/runner/handover.py), that of the command's."""
     route = trial_process()
     pid = route.supervisor if route is not None else os.getpid()
-    return os.environ.get(ENV_WORKER_NAME) or f"{socket.gethostname()}-{pid}"
+    return given_worker_name() or f"{socket.gethostname()}-{pid}"
 
 
 def done(trials: list[T]) -> list[T]:
