@@ -56,7 +56,7 @@ def best_config(study: str, storage: str | Stores | None = None, tracking_uri: s
     stores = resolve(storage, tracking_uri)
     confirmed = confirm.confirmation_of(study, stores)
     if confirmed is not None:
-        out = _confirmed(study, confirmed, stores, storage, tracking_uri)
+        out = _confirmed(study, confirmed, stores)
         if out is not None:
             return out
     quick = _peek_best(study, stores.optuna)
@@ -69,11 +69,11 @@ def best_config(study: str, storage: str | Stores | None = None, tracking_uri: s
     if quick is not None and not quick[5]:
         best, metric, direction, model, training, _ = quick
     else:
-        s = load_study(study, storage)
+        s = load_study(study, stores)
         cfg = stored_config(s)
         if len(cfg.search.metrics) > 1:
             _has_complete(s)
-            return _pareto(s, cfg, storage, tracking_uri)
+            return _pareto(s, cfg, stores)
         if ranking.repeated(cfg.search):
             return _by_configuration(study, s.get_trials(deepcopy=False), cfg.search.metric, cfg.search.direction,
                                      cfg.model.spec(), cfg.training.model_dump(), stores)
@@ -103,18 +103,17 @@ def best_config(study: str, storage: str | Stores | None = None, tracking_uri: s
     }
 
 
-def _confirmed(study: str, confirmation: str, stores: Any, storage: str | None, tracking_uri: str | None
-               ) -> dict[str, Any] | None:
+def _confirmed(study: str, confirmation: str, stores: Stores) -> dict[str, Any] | None:
     """`best_config` of a search from its confirmation; None while the confirmation has no complete run."""
     from sweep import peek
 
     try:
-        out = best_config(confirmation, storage, tracking_uri)
+        out = best_config(confirmation, stores)
     except SweepError:
         return None
     def every(name: str) -> list[Any]:
         read = peek.trials(stores.optuna, name, (obj.SEED, obj.CONFIG_INDEX))
-        return read[0] if read is not None else load_study(name, storage).get_trials(deepcopy=False)
+        return read[0] if read is not None else load_study(name, stores).get_trials(deepcopy=False)
 
     finalists = confirm.finalist_rows(every(study), every(confirmation), out["direction"])
     winner = finalists[0]
@@ -208,10 +207,11 @@ def pareto_front(study: str, storage: str | Stores | None = None, tracking_uri: 
     first metric), tracking_uri, model, input_shape, num_classes, training. For a study of one
     metric the front is its trial(s) with the best value.
     """
-    s = load_study(study, storage)
+    stores = resolve(storage, tracking_uri)
+    s = load_study(study, stores)
     cfg = stored_config(s)
     _has_complete(s)
-    return _pareto(s, cfg, storage, tracking_uri)
+    return _pareto(s, cfg, stores)
 
 
 def best_trial(s: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -239,7 +239,7 @@ def _has_complete(s: optuna.Study) -> None:
         raise SweepError(f"study {s.study_name!r} has no completed trial yet; run `sweep run` first")
 
 
-def _pareto(s: optuna.Study, cfg: StudyConfig, storage: str | None, tracking_uri: str | None) -> dict[str, Any]:
+def _pareto(s: optuna.Study, cfg: StudyConfig, stores: Stores) -> dict[str, Any]:
     from sweep.analysis.pareto import members
 
     front = members(s, cfg.search.metrics, cfg.search.directions)
@@ -250,7 +250,7 @@ def _pareto(s: optuna.Study, cfg: StudyConfig, storage: str | None, tracking_uri
         "metrics": list(cfg.search.metrics),
         "directions": cfg.search.directions,
         "pareto": front,
-        "tracking_uri": mask(resolve(storage, tracking_uri).tracking),
+        "tracking_uri": mask(stores.tracking),
         "model": cfg.model.spec(),
         "input_shape": attrs.get("input_shape"),
         "num_classes": attrs.get("num_classes"),
@@ -272,10 +272,11 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
 
     from sweep.models import custom
 
-    if trial is None and (confirmed := confirm.confirmation_of(study, resolve(storage))) is not None \
-            and best_config(study, storage, tracking_uri).get("judged_by") == "confirmation":
-        return load_model(confirmed, None, storage, tracking_uri)  # the confirmed winner's model
-    s = load_study(study, storage)
+    stores = resolve(storage, tracking_uri)  # once: the confirmation, the study and the model's store
+    if trial is None and (confirmed := confirm.confirmation_of(study, stores)) is not None \
+            and best_config(study, stores).get("judged_by") == "confirmation":
+        return load_model(confirmed, None, stores)  # the confirmed winner's model
+    s = load_study(study, stores)
     cfg = stored_config(s)
     if trial is None:
         if len(cfg.search.metrics) > 1:
@@ -291,7 +292,7 @@ def load_model(study: str, trial: int | None = None, storage: str | Stores | Non
         raise SweepError(f"trial {t.number} of study {study!r} logged no model ({t.state.name}); "
                          "only complete trials have one")
     activation = t.params.get("activation")
-    tracking = resolve(storage, tracking_uri).tracking
+    tracking = stores.tracking
     try:
         with mlflow_tracking_uri(tracking):  # MLflow's loaders take no URI: they read its global one
             if custom.is_custom(activation):
@@ -329,9 +330,10 @@ def promote(study: str, trial: int | None = None, storage: str | Stores | None =
 
     from sweep.tracking import registry
 
-    s = load_study(study, storage)
+    stores = resolve(storage, tracking_uri)
+    s = load_study(study, stores)
     cfg = stored_config(s)
-    tracking = resolve(storage, tracking_uri).tracking
+    tracking = stores.tracking
     client = MlflowClient(tracking, registry_uri=tracking)
     try:
         version, changed, t = registry.promote_best(s, cfg.search, client, trial)

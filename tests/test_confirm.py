@@ -50,6 +50,13 @@ def _cli(args: list[str], cwd: Path, storage: str, tracking: str, **kw: Any) -> 
 _study = watch_study
 
 
+def _stores_said_once(stderr: str) -> None:
+    """`-v` names the stores once, where they came from: a step handed the resolved URL resolved it
+    again as if it were --storage, and said so (the search's confirmation, read by report and compare)."""
+    said = [line for line in stderr.splitlines() if "Optuna storage" in line and "(from " in line]
+    assert len(said) == 1 and "(from $SWEEP_OPTUNA_STORAGE)" in said[0], said
+
+
 def _expected_finalists(search: optuna.Study, top: int) -> list[dict[str, Any]]:
     """The top distinct configurations by their best value, computed here from the recorded trials."""
     best: dict[str, tuple[float, int, dict]] = {}
@@ -165,8 +172,9 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     assert all(r.info.status == "FINISHED" for r in runs)
 
     # compare: the confirmation's runs, paired by seed, against the confirmed winner
-    r = _cli(["compare", "rs", "--metric", "val_accuracy", "--json"], tmp_path, storage, tracking)
+    r = _cli(["compare", "rs", "--metric", "val_accuracy", "--json", "-v"], tmp_path, storage, tracking)
     assert r.returncode == 0, r.stderr
+    _stores_said_once(r.stderr)
     c = json.loads(r.stdout)
     assert c["design"] == "paired" and c["study"] == "rs-confirm (the confirmation of rs)"
     configs = ranking.configurations(trials)
@@ -194,8 +202,10 @@ def test_confirm_trains_the_finalists_on_the_same_fresh_seeds_and_best_answers_f
     assert version.tags["sweep.configuration"] == winner.label
 
     # report on the search: the finalists' per-seed values beside their search values
-    r = _cli(["report", "rs", "--metric", "val_accuracy", "--out", str(tmp_path / "rep")], tmp_path, storage, tracking)
+    r = _cli(["report", "rs", "--metric", "val_accuracy", "--out", str(tmp_path / "rep"), "-v"], tmp_path, storage,
+             tracking)
     assert r.returncode == 0, r.stderr[-3000:]
+    _stores_said_once(r.stderr)
     md = (tmp_path / "rep" / "report.md").read_text()
     section = md.split("## Confirmation", 1)[1].split("\n## ", 1)[0]
     for f in b["finalists"]:

@@ -359,12 +359,12 @@ def _compared(sampled: tuple[pd.DataFrame, int, str], name: str, metric: str, ba
     return dataclasses.replace(c, study=name, left_out=left_out)
 
 
-def _winner(study: str, storage: str | None) -> str | None:
+def _winner(study: str, stores: Stores) -> str | None:
     """The label of a repeated study's configuration with the best mean of its own metric."""
     from sweep import ranking
     from sweep.record import load_study, stored_config
 
-    s = load_study(study, storage)
+    s = load_study(study, stores)
     best = ranking.best_configuration(s.get_trials(deepcopy=False), stored_config(s).search.direction)
     return best.label if best is not None else None
 
@@ -385,21 +385,22 @@ def compare(study: str, storage: str | Stores | None = None, metric: str = "test
     from sweep.runner.confirm import confirmation_of
     from sweep.storage import resolve
 
-    confirmed = confirmation_of(study, resolve(storage))
+    stores = resolve(storage)  # once: the confirmation, the trials and the study
+    confirmed = confirmation_of(study, stores)
     if confirmed is not None:
         # a search whose finalists were trained again on fresh seeds (sweep confirm): those runs, paired
         # by seed, answer; against the confirmed winner unless a baseline is named
         try:
-            c = compare(confirmed, storage, metric, baseline or _winner(confirmed, storage), confidence, correction,
+            c = compare(confirmed, stores, metric, baseline or _winner(confirmed, stores), confidence, correction,
                         effect)
             return dataclasses.replace(c, study=f"{confirmed} (the confirmation of {study})")
         except SweepError as e:
             if "no complete trial" not in str(e):
                 raise
     # the trials' few columns compare reads, straight from Optuna's tables where it can (peek.py)
-    read = peek.trials(resolve(storage).optuna, study, (*SAMPLE_ATTRS, metric))
+    read = peek.trials(stores.optuna, study, (*SAMPLE_ATTRS, metric))
     if read is not None and read[1] is not None:
         cfg = parse_stored(read[1], study)
         return _compared(samples(read[0], cfg, study, metric), study, metric, baseline, confidence, correction,
                          effect)
-    return compare_study(load_study(study, storage), metric, baseline, confidence, correction, effect)
+    return compare_study(load_study(study, stores), metric, baseline, confidence, correction, effect)

@@ -194,13 +194,13 @@ def _front_line(study: optuna.Study, metrics: tuple[str, ...], directions: list[
     return f"Pareto front ({aims}), {len(front)} trial(s), `sweep best` lists them: {each}."
 
 
-def _confirmation(search: optuna.Study, name: str, storage: str, metric: str, direction: str) -> list[str]:
+def _confirmation(search: optuna.Study, name: str, stores: Stores, metric: str, direction: str) -> list[str]:
     """The search's finalists as its confirmation trained them (sweep confirm): per seed, beside
     the value that made each a finalist."""
     from sweep import ranking
     from sweep.runner.confirm import finalist_rows
 
-    trials = load_study(name, storage).get_trials(deepcopy=False)
+    trials = load_study(name, stores).get_trials(deepcopy=False)
     rows = finalist_rows(search.get_trials(deepcopy=False), trials, direction)
     head = ["", "## Confirmation", ""]
     if not rows:
@@ -305,7 +305,7 @@ def report(study: str, out: str | Path | None = None, storage: str | Stores | No
         "", "## Comparison", "", format_comparison(comparison, markdown=True), f"Table as CSV: [{TABLE}]({TABLE})",
     ]
     if s.user_attrs.get(CONFIRMED_BY):
-        text += _confirmation(s, s.user_attrs[CONFIRMED_BY], stores.optuna, cfg.search.metric, cfg.search.direction)
+        text += _confirmation(s, s.user_attrs[CONFIRMED_BY], stores, cfg.search.metric, cfg.search.direction)
     sections = {"accuracy.png": "## Training curves", "dead_fraction.png": "## Dying units",
                 "prelu_alphas.png": "## PReLU alphas", "optuna_history.png": "## Optuna",
                 "optuna_pareto_front.png": "## Optuna"}

@@ -61,19 +61,20 @@ def status(study: str, storage: str | Stores | None = None) -> Status:
     )
 
 
-def _tally(study: str, storage: str | None) -> Tally:
+def _tally(study: str, storage: str | Stores | None) -> Tally:
     """The study counted in its tables (sweep/peek.py: a few rows, not every trial), else from
     every trial whole through Optuna; `target` always set."""
     from sweep import peek
     from sweep.record import parse_stored
     from sweep.storage import resolve
 
-    tally = peek.tally(resolve(storage).optuna, study)
+    stores = resolve(storage)  # once: the tables, else the study
+    tally = peek.tally(stores.optuna, study)
     if tally is not None and tally.target is None and tally.config is not None:
         tally.target = _target(parse_stored(tally.config, study))  # a study stored before sweep.target
     if tally is not None and tally.target is not None:
         return tally
-    s = load_study(study, storage)
+    s = load_study(study, stores)
     stored = s.user_attrs.get(obj.TARGET_ATTR)
     return counted(s.get_trials(deepcopy=False), stored if stored is not None else _target(stored_config(s)))
 
