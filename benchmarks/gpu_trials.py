@@ -79,7 +79,7 @@ def _gpu_memory_mib() -> int | None:
 
 
 def group(n: int, args: argparse.Namespace) -> dict:
-    from sweep.runner.pool import share_gpu
+    from sweep.lifecycle import share_gpu
 
     env = share_gpu(dict(os.environ))
     peak: list[int] = []
