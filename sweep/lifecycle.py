@@ -10,8 +10,9 @@ The route of `sweep run STUDY` (and `sweep worker`), with the default hand-over 
                                          bound it exits HANDOVER_EXIT and the supervisor starts the
                                          same command again (sweep.runner.handover)
 
-and of `sweep run STUDY --workers N`: the command sets the study up itself, then supervises N
-trial processes `sweep --trial-process PID:STATE worker STUDY` (sweep.runner.pool). The hidden
+and of `sweep run STUDY --workers N`: the command starts N trial processes `sweep --trial-process
+PID:STATE worker STUDY` (sweep.runner.pool), which import their libraries and wait at their start
+gate while it sets the study up itself; then they join it, and it supervises them. The hidden
 `--trial-process` option is what makes a process a trial process: its supervisor's pid and the
 file through which one process of a chain hands over to the next. It is on the command line, where
 `ps` shows the route; store URLs, which may hold a password, go in the environment instead.
@@ -60,6 +61,9 @@ TRIAL_PROCESS_OPTION = "--trial-process"  # sweep.cli's hidden global option
 # a worker's name on its trials and log lines: a supervisor's trial processes are w0, w1, ...;
 # a user may name a `sweep worker` (a container's replica) the same way
 ENV_WORKER_NAME = "SWEEP_WORKER_NAME"
+# a pool's worker started while its supervisor sets the study up: it imports its libraries, then
+# waits for one line on its stdin before it joins the study (`await_go`)
+ENV_START_GATE = "SWEEP_START_GATE"
 STOP_GRACE_SECONDS = 30.0  # a supervisor's wait for its trial processes to close their trials
 ECHO_SECONDS = 5.0  # the same signal again this soon is the one stop, not a second request
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -73,6 +77,7 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQ
 
 _stopping_installed = False  # stop_on_signals' handler is in place (it nests)
 _held: list[int] | None = None  # while not None, a stop is kept here rather than raised (hold_stop)
+_at_gate = False  # a pool's worker waiting for the word to go: a stop ends it silently (hold_at_gate)
 
 
 # -- the route -----------------------------------------------------------------------------------
@@ -146,6 +151,8 @@ def stop_on_signals() -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal stopping
+        if _at_gate:
+            _leave_at_gate(signum, frame)
         if stopping is not None:
             (log.debug if _echo(stopping, signum) else log.warning)(
                 "already stopping (%s ignored)", signal.Signals(signum).name)
@@ -257,6 +264,55 @@ def quiet_libraries(verbose: bool) -> None:
     # MLflow's own INFO lines ("Creating initial MLflow database tables...") on every new store;
     # read by MLflow when it is first imported, which is later than this
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def gated(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a trial process that waits at its start gate (`await_go`)."""
+    env[ENV_START_GATE] = "stdin"
+    return env
+
+
+def at_start_gate() -> bool:
+    """Whether this process was started before its study was set up, and must `await_go`."""
+    return os.environ.get(ENV_START_GATE) == "stdin"
+
+
+def hold_at_gate() -> None:
+    """First thing in a process started at its start gate (sweep/__main__.py): until the word to
+    go, a stop ends it at once and silently. It has opened nothing, and its supervisor, which had
+    the same Ctrl-C (the terminal's process group), says the one line and ends it anyway."""
+    global _at_gate
+    if at_start_gate():
+        _at_gate = True
+        for s in STOP_SIGNALS:
+            signal.signal(s, _leave_at_gate)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since its start (`stops_held`)
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """While the block starts gated trial processes, a stop waits (blocked, not lost) until the
+    block ends. They start with it held too, until `hold_at_gate` has its handler in place: a
+    Ctrl-C while their Python starts killed them with a traceback ("Fatal Python error")."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def await_go() -> None:
+    """Wait for the supervisor's word (a line on stdin) that the study is set up; from then on the
+    policy's stop holds. End of file: the set-up failed or found nothing to run, and this process,
+    which has opened nothing, leaves."""
+    global _at_gate
+    if not sys.stdin.readline():
+        raise SystemExit(0)
+    _at_gate = False
+
+
+def _leave_at_gate(signum: int, frame: Any) -> None:
+    os._exit(128 + signum)
 
 
 def given_worker_name() -> str | None:

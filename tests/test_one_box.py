@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import RENDEZVOUS, descendants, rendezvous, study_dict, watch_study, write_study, still_running
+import pytest
+from helpers import (RENDEZVOUS, descendants, free_port, rendezvous, study_dict, watch_study, write_study,
+                     still_running)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -212,3 +214,55 @@ def test_ctrl_c_of_workers_on_the_embedded_default_stops_them_and_the_study_resu
     statuses = {r.info.run_id: r.info.status for r in _children(tracking, "box-stop")}
     assert all(statuses[t.user_attrs[obj.RUN_ID]] == "FINISHED" for t in complete)
     assert "RUNNING" not in statuses.values()
+
+    # once more: the workers, started while the study was set up, go unheard when it has nothing to run
+    again = _sweep(["run", "box-stop", "--workers", "2"], env, tmp_path)
+    out = _finish(again)
+    assert again.returncode == 0 and "study box-stop is complete; nothing to run" in out, out
+    assert "[w0]" not in out and "[w1]" not in out and not _trial_processes_of(again.pid), out
+
+
+def _trial_processes_of(supervisor: int) -> list[int]:
+    """The trial processes whose command line names `supervisor` (sweep.lifecycle.trial_process_command)."""
+    mark = f"--trial-process\0{supervisor}:".encode()
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and mark in _cmdline(int(p.name))]
+
+
+def test_a_pool_whose_set_up_fails_leaves_no_worker_behind(tmp_path: Path, tiny_npz: Path) -> None:
+    """`sweep run --workers 2` starts its workers while it sets the study up, so that their imports
+    overlap the set-up. When the set-up fails (an MLflow server that is not there, for a study it
+    never tracked), the workers go with it: the one line, exit 3, nothing of theirs said, none left."""
+    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}], repeats=2)
+    d["study"] = "box-nowhere"
+    path = write_study(tmp_path, d)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(path), "--workers", "2"], env=env,
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 3, err
+    said = [line for line in err.splitlines() if "keras on tensorflow for 2 workers" not in line]
+    assert len(said) == 1 and "cannot reach the MLflow tracking server" in said[0], err
+    assert _trial_processes_of(proc.pid) == [], "worker processes left behind"
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05, 0.3])
+def test_ctrl_c_while_a_pool_sets_its_study_up_is_one_clean_stop(tmp_path: Path, tiny_npz: Path,
+                                                                   after: float) -> None:
+    """Ctrl-C to the terminal's process group while `sweep run --workers 2` sets its study up, its
+    workers meanwhile starting Python or importing TensorFlow at their start gate: the one line,
+    exit 130, no traceback from a worker ("Fatal Python error" when its Python was starting), and
+    no worker left."""
+    d = study_dict(tiny_npz, configs=[{"activation": "relu"}], repeats=2)
+    d["study"] = "box-early"
+    path = write_study(tmp_path, d)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(path), "--workers", "2"], env=_env(tmp_path),
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "keras on tensorflow for 2 workers": the set-up is next
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = first + proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Fatal" not in err and "[w" not in err, err
+    assert err.count("interrupted") == 1, err
+    assert _trial_processes_of(proc.pid) == [], "worker processes left behind"

@@ -938,3 +938,29 @@ def test_max_retry_caps_how_often_a_dead_workers_trial_is_queued_again(tmp_path:
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * (max_retry + 1)
     assert [t.user_attrs[obj.SEED] for t in trials] == [7] * (max_retry + 1)
+
+
+def test_a_worker_with_nothing_to_take_leaves_as_soon_as_the_last_running_trial_ends(tmp_path: Path) -> None:
+    """The wait of a worker with nothing left to take (`sweep.runner.worker._await_change`): it
+    looks again every `poll_seconds` for stale trials, but returns as soon as the running trials
+    change, another worker's last trial ending. It waited out the whole poll (2 s) before, which
+    the pool's command then waited for too."""
+    from sweep.runner.worker import CHANGE_POLL_SECONDS, _await_change
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="waiting")
+    other = study.ask()  # another worker's trial, running
+    waited = {}
+
+    def wait(seconds: float) -> None:
+        t0 = time.monotonic()
+        _await_change(study, [other.number], seconds)
+        waited[seconds] = time.monotonic() - t0
+
+    wait(0.5)  # nothing changes: the whole poll
+    assert waited[0.5] >= 0.5
+    done = threading.Timer(0.5, lambda: study.tell(other, 1.0))
+    done.start()
+    wait(120)
+    done.join()
+    assert waited[120] < 60, waited  # returned at the change, not at the end of the poll
+    assert study.trials[0].state == TrialState.COMPLETE and CHANGE_POLL_SECONDS <= 1

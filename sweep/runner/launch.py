@@ -9,7 +9,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from sweep.lifecycle import export, stop_on_signals, tf_threads, trial_process
+from sweep.lifecycle import export, stop_on_signals, stops_held, tf_threads, trial_process
 
 if TYPE_CHECKING:
     import optuna
@@ -53,13 +53,14 @@ def use_threads(threads: int | None) -> None:
 
 def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads: int | None,
          worker_argv: Callable[[str], list[str]]) -> int:
-    """`--workers N`: the study set up here once, then N trial processes of `sweep
-    worker_argv(NAME)` on it; afterwards what a dead worker left is replayed. Returns the exit code."""
+    """`--workers N`: N trial processes of `sweep worker_argv(NAME)`, started first, import their
+    libraries while the study is set up here once; then they join it. Afterwards what a dead
+    worker left is replayed. Returns the exit code."""
     from sweep import backend
     from sweep.errors import ConfigError
-    from sweep.runner.pool import run_workers
-    from sweep.runner.setup import prepare
-    from sweep.runner.study import view
+    from sweep.runner.pool import Workers
+    from sweep.runner.setup import config_for, prepare
+    from sweep.runner.study import settle, view, view_mode
     from sweep.runner.summary import summarize
     from sweep.tracking.sync import replay_unfinished
 
@@ -69,16 +70,28 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads
     # a KERAS_BACKEND that cannot be used: one line here, not one per worker
     chosen = backend.choose()
     log.info("keras on %s for %d workers (%s); each names its device as it starts", chosen.name, workers, chosen.why)
-    p = prepare(study, stores, stores.service.workers)  # under the command's stop_on_signals()
+    cfg = config_for(study, stores)  # a bad study file: one line, before any worker starts
+    # the workers' imports (TensorFlow's 3-4 s each) overlap this process's set-up of the study,
+    # which a 2-core CPU otherwise spent with a core idle (benchmarks/README.md, the fixed study)
+    pending = None
+    try:
+        with stops_held():  # a Ctrl-C meanwhile is raised here once they have started, and ends them
+            pending = Workers(worker_argv(cfg.study), stores, workers, threads, events=view_mode() == "live")
+        settle()  # this process's last seconds at exit, too
+        p = prepare(cfg, stores, stores.service.workers)  # under the command's stop_on_signals()
+    except BaseException:
+        if pending is not None:
+            pending.abandon()
+        raise
     try:
         if p.todo <= 0:
+            pending.abandon()
             log.info("study %s is complete; nothing to run", p.cfg.study)
             code = 0
         else:
             # the parent's view of its workers: their trials in one live footer on a terminal
-            code = run_workers(p.cfg.study, worker_argv(p.cfg.study), stores, workers,
-                               view=view(p, workers=workers), threads=threads,
-                               complete=lambda: has_all(p.study, stores))
+            pending.release(p.cfg.study, view(p, workers=workers))
+            code = pending.supervise(complete=lambda: has_all(p.study, stores))
         if code == 0:  # complete, and every worker of this command gone: nothing of theirs is still queued
             if replay_unfinished(p.tracker, p.study.get_trials(deepcopy=False)):
                 summarize(p)  # a model a dead worker left may be the best: promoted now

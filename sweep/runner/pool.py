@@ -2,9 +2,10 @@
 hands over to a fresh process at its memory bound (sweep/runner/handover.py); `supervise` does
 the same for the one process of a plain `sweep run` or `sweep worker`.
 
-The study is set up once here (validated, created, its parent run opened, the plan enqueued);
-the workers then only join it by name, exactly as `sweep worker` does on other machines. Store
-URLs travel in the environment, never on a command line where `ps` would show a password.
+The study is set up once here (validated, created, its parent run opened, the plan enqueued)
+while the workers import their libraries; they then only join it by name, exactly as `sweep
+worker` does on other machines. Store URLs travel in the environment, never on a command line
+where `ps` would show a password.
 A worker process rather than a thread: TensorFlow holds the GIL in Python callbacks, and a
 killed process is the fault the heartbeat already covers.
 
@@ -29,7 +30,8 @@ import threading
 import time
 from typing import IO, Callable
 
-from sweep.lifecycle import ENV_WORKER_NAME, child_environment, stop_children, threads_chosen, trial_process_command
+from sweep.lifecycle import (ENV_WORKER_NAME, child_environment, gated, stop_children, threads_chosen,
+                             trial_process_command)
 from sweep.runner.handover import HANDOVER_EXIT
 from sweep.runner.progress import ENV_MODE, View, read_event
 from sweep.storage import ENV_OPTUNA, ENV_TRACKING, Stores
@@ -45,31 +47,53 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_workers(study: str, argv: list[str], stores: Stores, workers: int, view: View | None = None,
-                threads: int | None = None, complete: Callable[[], bool] | None = None) -> int:
-    """Start `workers` trial processes of `sweep ARGV` (`sweep worker STUDY ...`, as sweep.cli
-    words it) and wait for all, each with `threads` TensorFlow threads (default: the cores shared
-    out). Returns an exit code: 0 when all finished, or when `complete()` says the study has all
-    it needs although a worker failed or was killed on the way (the others took its trial over);
-    else the first failing worker's code; 130/143 after Ctrl-C/SIGTERM.
+class Workers:
+    """`workers` trial processes of `sweep ARGV` (`sweep worker STUDY ...`, as sweep.cli words it),
+    each with `threads` TensorFlow threads (default: the cores shared out), started before the
+    study is set up. Each imports its libraries (TensorFlow: 3-4 s) while this process sets the
+    study up, then waits at its start gate (sweep.lifecycle.await_go) until `release`; `abandon`
+    kills them while they wait, having opened nothing. A fresh process after a hand-over joins at
+    once. Their stderr comes through this process, a line at a time, so lines from N workers never
+    interleave mid-line; under a live view, they send their progress as events to its footer."""
 
-    Their stderr comes through this process, a line at a time, so lines from N workers never
-    interleave mid-line; with a live `view`, they send their progress as events to its footer."""
-    if threads is None and not threads_chosen():  # else the user's, or the flag's
-        threads = default_threads(workers)
-    slots = []
-    for i in range(workers):
-        env = child_environment({ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking, ENV_WORKER_NAME: f"w{i}"},
-                                threads)
-        if view is not None and view.mode == "live":
-            env[ENV_MODE] = "events"
-        slots.append(_Slot(argv, env, view=view, pipe=True))
-    log.info("study %s: %d workers started (pids %s)", study, workers, " ".join(str(s.proc.pid) for s in slots))
-    try:
-        return _supervise(slots, complete)
-    finally:
-        if view is not None:
-            view.close()
+    def __init__(self, argv: list[str], stores: Stores, workers: int, threads: int | None, events: bool) -> None:
+        if threads is None and not threads_chosen():  # else the user's, or the flag's
+            threads = default_threads(workers)
+        self.slots = []
+        for i in range(workers):
+            env = child_environment({ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking,
+                                     ENV_WORKER_NAME: f"w{i}"}, threads)
+            if events:
+                env[ENV_MODE] = "events"
+            self.slots.append(_Slot(argv, env, view=None, pipe=True, gate=True))
+
+    def release(self, study: str, view: View | None) -> None:
+        """The study is set up: the workers go on, their progress to `view`."""
+        for slot in self.slots:
+            slot.view = view
+            slot.go()
+        log.info("study %s: %d workers started (pids %s)", study, len(self.slots),
+                 " ".join(str(s.proc.pid) for s in self.slots))
+
+    def abandon(self) -> None:
+        """The set-up failed, or found nothing to run: the waiting workers go, unheard."""
+        for slot in self.slots:
+            slot.muted = True  # a worker's own stop line, on the Ctrl-C its process group had too
+            with contextlib.suppress(OSError):
+                slot.proc.kill()
+            slot.proc.wait()
+            slot.close()
+
+    def supervise(self, complete: Callable[[], bool] | None = None) -> int:
+        """Wait for all. Returns an exit code: 0 when all finished, or when `complete()` says the
+        study has all it needs although a worker failed or was killed on the way (the others took
+        its trial over); else the first failing worker's code; 130/143 after Ctrl-C/SIGTERM."""
+        try:
+            return _supervise(self.slots, complete)
+        finally:
+            views = {id(s.view): s.view for s in self.slots if s.view is not None}
+            for view in views.values():
+                view.close()
 
 
 def supervise(argv: list[str], env: dict[str, str]) -> int:
@@ -83,20 +107,30 @@ def supervise(argv: list[str], env: dict[str, str]) -> int:
 class _Slot:
     """One worker's place: its process, and the fresh one that takes over when it hands over."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], view: View | None, pipe: bool) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], view: View | None, pipe: bool, gate: bool = False) -> None:
         fd, self.state = tempfile.mkstemp(prefix="sweep-handover-", suffix=".json")
         os.close(fd)
         self.cmd, self.env, self.view, self.pipe = trial_process_command(argv, self.state), env, view, pipe
         self.readers: list[threading.Thread] = []
-        self.start()
+        self.muted = False  # its lines are no longer said
+        self.start(gate)
 
-    def start(self) -> None:
+    def start(self, gate: bool = False) -> None:
         # started from the main thread: the child's PR_SET_PDEATHSIG follows the thread that forked it
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stderr=subprocess.PIPE if self.pipe else None)
+        self.proc = subprocess.Popen(self.cmd, env=gated(dict(self.env)) if gate else self.env,
+                                     stdin=subprocess.PIPE if gate else None,
+                                     stderr=subprocess.PIPE if self.pipe else None)
         if self.pipe:
-            reader = threading.Thread(target=_forward, args=(self.proc.stderr, self.view), daemon=True)
+            reader = threading.Thread(target=_forward, args=(self.proc.stderr, self), daemon=True)
             reader.start()
             self.readers.append(reader)
+
+    def go(self) -> None:
+        """Open the start gate of a worker started before its study was set up."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):  # it died meanwhile: its exit code tells
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
 
     def poll(self) -> int | None:
         """The slot's exit code once its worker is done for good; a hand-over starts the next."""
@@ -155,14 +189,14 @@ def _say(line: str) -> None:
         sys.stderr.write(line + "\n")
 
 
-def _forward(stream: IO[bytes], view: View | None) -> None:
-    """A worker's stderr: progress events to the view, every other line printed whole."""
+def _forward(stream: IO[bytes], slot: _Slot) -> None:
+    """A worker's stderr: progress events to its slot's view, every other line printed whole."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         event = read_event(line)
         if event is not None:
-            if view is not None:
-                view.handle(event.pop("worker", "?"), event)
-        else:
+            if slot.view is not None:
+                slot.view.handle(event.pop("worker", "?"), event)
+        elif not slot.muted:
             _say(line)
     stream.close()

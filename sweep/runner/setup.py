@@ -75,6 +75,8 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     check_separate(stores)
     rdb = open_storage(stores.optuna, ws)
     _await_tracking(lambda: check_tracking(stores.tracking), lambda: _tracked(rdb, cfg.study), ws.storage_outage)
+    import mlflow  # noqa: F401 - imported before the lock: a joining worker's import (1-2 s) held up the others
+
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study, wait=ws.storage_outage):
         opt_study, changed, cfg = open_study(cfg, stores, rdb)

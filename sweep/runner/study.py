@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep import data as data_mod
 from sweep import backend, search
-from sweep.lifecycle import mlflow_http_retries, stop_on_signals
+from sweep.lifecycle import at_start_gate, await_go, mlflow_http_retries, stop_on_signals
 from sweep.runner import handover
 from sweep.runner import objective as obj
 from sweep.runner import progress
@@ -71,6 +71,9 @@ def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, 
     before = handover.arrived()  # this process goes on from an earlier one of its chain
     if n_trials is not None and before is not None:
         n_trials -= before.trials
+    if at_start_gate():  # a pool's worker, started while its supervisor sets the study up
+        backend.describe()  # TensorFlow's import meanwhile
+        await_go()
     cfg = config_for(study, stores)
     engine, device = backend.describe()  # imports it: 3-4 s for TensorFlow, once, before the first trial
     with _quiet("sweep.data") if before is not None else _held("sweep.data"):  # said once, by the first
@@ -80,7 +83,7 @@ def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, 
         (log.info if before is None else log.debug)("keras %s on %s, %s (%s)", _keras_version(), engine, device,
                                                      chosen.why)
     if handover.supervised():
-        _settle()
+        settle()
     p = prepare(cfg, stores, workers)
     worked = False
     try:
@@ -96,9 +99,10 @@ def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, 
     return p.study
 
 
-def _settle() -> None:
-    """In a trial process that sweep started (never in a caller's own Python), the libraries'
-    objects, all imported by now, are frozen out of the garbage collector's walks (gc.freeze).
+def settle() -> None:
+    """In a process of sweep's own (a trial process it started, or the command that supervises a
+    pool; never in a caller's own Python), the libraries' objects, imported by now, are frozen out
+    of the garbage collector's walks (gc.freeze).
     The interpreter's last collections at exit walked every object TensorFlow, MLflow and Optuna
     made, 1-2 s of each process on a 2-core CPU (benchmarks/README.md, start-up); each full
     collection between trials walked them too. What comes after (stores, models, trials) is
@@ -233,13 +237,22 @@ def shown_metric(cfg: StudyConfig) -> str:
     return metric
 
 
+def view_mode() -> str:
+    """live (a footer on a terminal), plain (lines elsewhere) or events (a pool's worker, for its
+    parent's footer: the parent sets it in the worker's environment)."""
+    from sweep.console import current
+
+    console = current()
+    return os.environ.get(progress.ENV_MODE) or ("live" if console is not None and console.live else "plain")
+
+
 def view(p: Prepared, n_trials: int | None = None, workers: int = 1) -> progress.View:
     """How this process shows the study's progress: a live footer on a terminal, plain lines
     elsewhere, or events for the parent of a pool (which sets the mode in the environment)."""
     from sweep.console import current
 
     console = current()
-    mode = os.environ.get(progress.ENV_MODE) or ("live" if console is not None and console.live else "plain")
+    mode = view_mode()
     finished = len(worker.done(p.study.get_trials(deepcopy=False)))
     want = worker.target(p.cfg.search, p.configs)
     if n_trials is not None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sweep.config import SearchConfig, StudyConfig
 
 log = logging.getLogger(__name__)
+CHANGE_POLL_SECONDS = 0.25  # how often a worker with nothing to take looks whether the running trials changed
 
 T = TypeVar("T")
 # what an objective returns: one value, or one per metric of a study of several
@@ -227,7 +228,7 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: 
                 log.info("nothing left to take; waiting for running trial(s) %s of other workers "
                          "(retried here if their worker dies)", ", ".join(map(str, running)))
                 waiting_for_others = True
-            time.sleep(poll_seconds)
+            _await_change(study, running, poll_seconds)
             continue
         waiting_for_others = False
         ran += 1
@@ -239,3 +240,16 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: 
         for trial_end in hooks.trial_end:
             trial_end(study, frozen)
     return ran
+
+
+def _await_change(study: optuna.Study, running: list[int], seconds: float) -> None:
+    """Wait up to `seconds` (the look for stale trials and trials to take), less once the running
+    trials are no longer `running`: the last one ending is when this worker can leave, and the
+    pool's command with it (it looked every 2 s, up to 2 s of a study's wall clock)."""
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(CHANGE_POLL_SECONDS, left))
+        if [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))] != running:
+            return
