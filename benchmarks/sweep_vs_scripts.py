@@ -13,7 +13,8 @@ The fixed study is the four tutorial variants (ReLU; Leaky ReLU 0.1; PReLU zeros
   each STORAGE:N given, `sqlite` being the embedded default (both stores SQLite files);
 - one trial, SQLite and HTTP: `sweep run` of the ReLU configuration alone, seed 0, once with both
   stores on SQLite and once logging to a `sweep server` over HTTP, against the ReLU script; with
-  `--before DIR` the SQLite one also with the code of DIR, an earlier commit's checkout.
+  `--before DIR` the SQLite one also with the code of DIR, an earlier commit's checkout;
+- with `--before DIR`, each pool also runs the code of DIR, alternating with this checkout's.
 Reported (medians over rounds): per-epoch seconds of a full sweep trial vs the script's (epoch 1,
 which traces the graph, left out); the fixed study's wall clock vs the scripts'; aggregate
 samples/s; the non-`fit` share of a trial's own time (Optuna's trial duration less its epochs)
@@ -129,7 +130,7 @@ def main() -> None:
                                                   "postgres:--workers")
     ap.add_argument("--parts", default="scripts,pool,one", help="which to run (the report needs all three)")
     ap.add_argument("--before", default=None, help="a checkout of an earlier commit (git worktree add DIR REV): "
-                                                   "the one-trial SQLite run also runs its code, alternating")
+                                                   "the one-trial SQLite run and each pool also run its code, alternating")
     args = ap.parse_args()
     parts = args.parts.split(",")
     pools = [(kind, int(n)) for kind, n in (p.split(":") for p in (args.pools or f"postgres:{args.workers}").split(","))]
@@ -144,8 +145,11 @@ def main() -> None:
     server = start_cli_server(["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                                "--artifacts-destination", str(tmp / "server-artifacts")], tmp, tmp / "server.log")
     wait_health(f"http://127.0.0.1:{port}", server, tmp / "server.log")
+    # the pools run this checkout's code and, with --before, the earlier checkout's too
+    codes = [("", None), *([("-before", args.before)] if args.before else [])]
     rows: dict[str, list[Any]] = {k: [] for k in ("scripts", "script1", "sqlite1", "http1", "before1",
-                                                  *(f"pool-{kind}-{n}" for kind, n in pools))}
+                                                  *(f"pool-{kind}-{n}{tag}" for kind, n in pools
+                                                    for tag, _ in codes))}
     try:
         for r in range(args.rounds):
             work = tmp / f"round{r}"
@@ -156,14 +160,16 @@ def main() -> None:
                 if step == "scripts":
                     rows["scripts"].append(scripts(npz, args.epochs, args.seeds, work))
                 elif step == "pool":
-                    for i, (kind, n) in enumerate(pools if r % 2 == 0 else pools[::-1]):
-                        name = f"fixed{r}-{kind}-{n}"
+                    runs = [(kind, n, code) for kind, n in pools for code in codes]
+                    for kind, n, (tag, code) in runs if r % 2 == 0 else runs[::-1]:
+                        name = f"fixed{r}-{kind}-{n}{tag}"
                         pool_study = study_file(work, name, npz, args.epochs, args.seeds, configs)
                         url, drop = (postgres_database(args.postgres) if kind == "postgres" else
                                      (f"sqlite:///{work / f'{name}-optuna.db'}", lambda: None))
                         try:
-                            rows[f"pool-{kind}-{n}"].append(sweep_run(pool_study, name, work, url,
-                                                                      f"sqlite:///{work / f'{name}-mlflow.db'}", n))
+                            rows[f"pool-{kind}-{n}{tag}"].append(sweep_run(pool_study, name, work, url,
+                                                                           f"sqlite:///{work / f'{name}-mlflow.db'}",
+                                                                           n, code))
                         finally:
                             drop()
                 else:
@@ -210,9 +216,10 @@ def main() -> None:
         scripts_wall = med(s["wall"] for s in rows["scripts"])
         fitted = int(args.samples * 0.8) * args.epochs * n_runs
         one_script = med(run["fitted"] / run["wall"] for s in rows["scripts"] for run in s["runs"])
-        for kind, n in pools:
-            pool_wall = med(s["wall"] for s in rows[f"pool-{kind}-{n}"])
-            print(f"fixed study: sweep --workers {n} on {kind:<8} {pool_wall:.1f} s vs scripts one after another "
+        for kind, n, (tag, code) in ((kind, n, c) for kind, n in pools for c in codes):
+            pool_wall = med(s["wall"] for s in rows[f"pool-{kind}-{n}{tag}"])
+            print(f"fixed study: sweep --workers {n} on {kind:<8}{f' ({code})' if code else ''} {pool_wall:.1f} s vs "
+                  f"scripts one after another "
                   f"{scripts_wall:.1f} s = {pool_wall / scripts_wall:.2f}x; samples/s {fitted / pool_wall:.0f} vs one "
                   f"script's {one_script:.0f} = {fitted / pool_wall / one_script:.2f}x")
     print(json.dumps({k: [round(s["wall"], 2) for s in v] for k, v in rows.items()}))
