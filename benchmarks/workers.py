@@ -115,30 +115,37 @@ def _worker(mode: str, url: str, port: int, study_name: str, trials: int, index:
 
 
 def _sweep_worker(url: str, study_name: str, trials: int, index: int, mark: Any) -> Any:
-    """What `sweep worker STUDY` sets up (sweep.runner.study.run), less MLflow and the data."""
+    """What `sweep worker STUDY` sets up (sweep.runner.study.join), less MLflow and the data: a
+    stale trial is queued again by Optuna's own callback, where sweep's also closes its MLflow run."""
+    import functools
+    import warnings
+
     import optuna
 
     from sweep import search
-    from sweep.settings import WorkerSettings
+    from sweep.lifecycle import stop_on_signals
     from sweep.runner import worker
-    from sweep.runner.liveness import Heartbeat, StaleTrialCallback
-    from sweep.runner.study import open_storage
+    from sweep.runner.liveness import Heartbeat
+    from sweep.runner.setup import open_storage
+    from sweep.settings import WorkerSettings
+    from sweep.storage import study_lock
 
     cfg = study_config(study_name, trials)
     ws = WorkerSettings()
-    rdb = open_storage(url, ws, StaleTrialCallback(ws.max_retry))
+    rdb = open_storage(url, ws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=ws.max_retry)
     study = optuna.load_study(study_name=study_name, storage=rdb)
     study.sampler = search.make_sampler(cfg.search, offset=len(study.trials), worker=f"w{index}")
     study.pruner = search.make_pruner(cfg.search)
-
-    def heartbeat(trial_id: int) -> Heartbeat:
-        return Heartbeat(rdb, trial_id, ws.heartbeat_interval)
+    hooks = worker.Hooks(heartbeat=lambda trial_id: Heartbeat(rdb, trial_id, ws.heartbeat_interval),
+                         trial_end=[mark])
+    lock = functools.partial(study_lock, url, study_name, wait=ws.storage_outage)
 
     def run() -> int:
-        with worker.stop_on_signals():
-            return worker.work(study, objective, cfg, explicit_plan=False, lock_url=url,
-                               heartbeat=heartbeat, poll_seconds=ws.heartbeat_interval,
-                               callbacks=[mark])
+        with stop_on_signals():
+            return worker.work(study, objective, cfg, hooks, lock, poll_seconds=ws.heartbeat_interval)
 
     return run
 
