@@ -273,8 +273,9 @@ def gated(env: dict[str, str]) -> dict[str, str]:
 
 
 def at_start_gate() -> bool:
-    """Whether this process was started before its study was set up, and must `await_go`."""
-    return os.environ.get(ENV_START_GATE) == "stdin"
+    """Whether this process was started before its study was set up, and must `await_go` (once:
+    a confirmation it goes on to afterwards is joined at once)."""
+    return _at_gate
 
 
 def hold_at_gate() -> None:
@@ -282,7 +283,7 @@ def hold_at_gate() -> None:
     go, a stop ends it at once and silently. It has opened nothing, and its supervisor, which had
     the same Ctrl-C (the terminal's process group), says the one line and ends it anyway."""
     global _at_gate
-    if at_start_gate():
+    if os.environ.get(ENV_START_GATE) == "stdin":
         _at_gate = True
         for s in STOP_SIGNALS:
             signal.signal(s, _leave_at_gate)
@@ -309,6 +310,7 @@ def await_go() -> None:
     if not sys.stdin.readline():
         raise SystemExit(0)
     _at_gate = False
+    os.environ.pop(ENV_START_GATE, None)  # not for a process this one starts
 
 
 def _leave_at_gate(signum: int, frame: Any) -> None:
