@@ -60,6 +60,7 @@ class Workers:
         if threads is None and not threads_chosen():  # else the user's, or the flag's
             threads = default_threads(workers)
         self.slots = []
+        self.view: View | None = None  # given at `release`
         for i in range(workers):
             env = child_environment({ENV_OPTUNA: stores.optuna, ENV_TRACKING: stores.tracking,
                                      ENV_WORKER_NAME: f"w{i}"}, threads)
@@ -69,6 +70,7 @@ class Workers:
 
     def release(self, study: str, view: View | None) -> None:
         """The study is set up: the workers go on, their progress to `view`."""
+        self.view = view
         for slot in self.slots:
             slot.view = view
             slot.go()
@@ -91,9 +93,8 @@ class Workers:
         try:
             return _supervise(self.slots, complete)
         finally:
-            views = {id(s.view): s.view for s in self.slots if s.view is not None}
-            for view in views.values():
-                view.close()
+            if self.view is not None:
+                self.view.close()
 
 
 def supervise(argv: list[str], env: dict[str, str]) -> int:

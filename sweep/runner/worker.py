@@ -197,8 +197,6 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: 
     retry. When `hooks.hand_over` gives a reason, `HandOver` is raised, but only while the study
     has a trial left to take.
     """
-    from optuna.trial import TrialState
-
     from sweep import search
     from sweep.runner.handover import HandOver
 
@@ -221,7 +219,7 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], Values], cfg: 
             release_stop()  # a stop kept meanwhile goes before the error in hand (HandOver, an outage)
             raise
         if trial is None:
-            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            running = _running(study)
             if n_trials is not None or not running:
                 break
             if not waiting_for_others:
@@ -246,10 +244,15 @@ def _await_change(study: optuna.Study, running: list[int], seconds: float) -> No
     """Wait up to `seconds` (the look for stale trials and trials to take), less once the running
     trials are no longer `running`: the last one ending is when this worker can leave, and the
     pool's command with it (it looked every 2 s, up to 2 s of a study's wall clock)."""
-    from optuna.trial import TrialState
-
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(CHANGE_POLL_SECONDS, left))
-        if [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))] != running:
+        if _running(study) != running:
             return
+
+
+def _running(study: optuna.Study) -> list[int]:
+    """The numbers of the study's trials running now, in any worker."""
+    from optuna.trial import TrialState
+
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
