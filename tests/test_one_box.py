@@ -245,13 +245,13 @@ def test_a_pool_whose_set_up_fails_leaves_no_worker_behind(tmp_path: Path, tiny_
     assert _trial_processes_of(proc.pid) == [], "worker processes left behind"
 
 
-@pytest.mark.parametrize("after", [0.0, 0.05, 0.3])
+@pytest.mark.parametrize("moment", ["set-up begins", "workers start"])
 def test_ctrl_c_while_a_pool_sets_its_study_up_is_one_clean_stop(tmp_path: Path, tiny_npz: Path,
-                                                                   after: float) -> None:
-    """Ctrl-C to the terminal's process group while `sweep run --workers 2` sets its study up, its
-    workers meanwhile starting Python or importing TensorFlow at their start gate: the one line,
-    exit 130, no traceback from a worker ("Fatal Python error" when its Python was starting), and
-    no worker left."""
+                                                                   moment: str) -> None:
+    """Ctrl-C to the terminal's process group while `sweep run --workers 2` sets its study up:
+    as the set-up begins (its first line), and as its workers' processes appear, their Python still
+    starting (a worker died there with "Fatal Python error"). The one line, exit 130, no traceback,
+    nothing from a worker, and no worker left."""
     d = study_dict(tiny_npz, configs=[{"activation": "relu"}], repeats=2)
     d["study"] = "box-early"
     path = write_study(tmp_path, d)
@@ -259,7 +259,10 @@ def test_ctrl_c_while_a_pool_sets_its_study_up_is_one_clean_stop(tmp_path: Path,
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stderr is not None
     first = proc.stderr.readline()  # "keras on tensorflow for 2 workers": the set-up is next
-    time.sleep(after)
+    if moment == "workers start":
+        deadline = time.monotonic() + 60  # looked for as often as /proc can be read: their Python starts now
+        while not _trial_processes_of(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGINT)
     err = first + proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
