@@ -292,14 +292,19 @@ def hold_at_gate() -> None:
 
 @contextlib.contextmanager
 def stops_held() -> Iterator[None]:
-    """While the block starts gated trial processes, a stop waits (blocked, not lost) until the
-    block ends. They start with it held too, until `hold_at_gate` has its handler in place: a
-    Ctrl-C while their Python starts killed them with a traceback ("Fatal Python error")."""
+    """While the block starts gated trial processes, a stop is kept (`hold_stop`) and raised as
+    the block ends, so the caller knows every process it started. They start with the signals
+    blocked, until `hold_at_gate` has its handler in place: a Ctrl-C while their Python started
+    killed them with a traceback ("Fatal Python error"). Blocking them here alone was not enough:
+    another thread of this process can take the signal, and Python then runs its handler in the
+    main thread all the same (a worker was left running once, in CI)."""
+    hold_stop()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        release_stop()
 
 
 def await_go() -> None:
