@@ -174,8 +174,8 @@ def main() -> None:
                             drop()
                 else:
                     rows["script1"].append(scripts(npz, args.epochs, 1, work, only="relu"))
-                    codes = [("sqlite1", None), *([("before1", args.before)] if args.before else [])]
-                    for key, code in codes if r % 2 == 0 else codes[::-1]:
+                    ones = [("sqlite1", None), *([("before1", args.before)] if args.before else [])]
+                    for key, code in ones if r % 2 == 0 else ones[::-1]:
                         one = study_file(work, f"{key}-{r}", npz, args.epochs, 1, configs[:1])
                         rows[key].append(sweep_run(one, f"{key}-{r}", work, f"sqlite:///{work / f'{key}-optuna.db'}",
                                                    f"sqlite:///{work / f'{key}-mlflow.db'}", 1, code))
