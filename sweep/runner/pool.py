@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import IO, Callable
 
 from sweep.lifecycle import (ENV_WORKER_NAME, child_environment, gated, stop_children, threads_chosen,
@@ -159,7 +158,10 @@ def _supervise(slots: list[_Slot], complete: Callable[[], bool] | None = None) -
                     if code < 0:  # killed by a signal this process did not send (OOM, kill -9)
                         _say(f"sweep: worker process {slot.proc.pid} was killed by "
                              f"{signal.Signals(-code).name}; its trial is retried once it goes stale")
-            time.sleep(POLL_SECONDS)
+            running = [s for i, s in enumerate(slots) if i not in codes]
+            if running:  # returns as the first of them exits: a one-process command ends with it
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    running[0].proc.wait(POLL_SECONDS)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         procs = [s.proc for s in slots]
