@@ -13,7 +13,7 @@ import typer
 
 from sweep.errors import SweepError
 from sweep.console import setup_logging
-from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, stop_on_signals
+from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, leave_quickly, stop_on_signals
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
                            ENV_TRACKING, resolve)
@@ -101,16 +101,16 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _trains(child: Callable[[dict[str, Any]], Optional[list[str]]]) -> Callable[[Callable[..., Any]], Any]:
     """A command that trains (run, worker, confirm): its trials go to a supervised trial process,
-    `sweep CHILD...` with `child(options)` as CHILD (None: no such child, as for a pool's parent),
-    which this process only restarts (the route: sweep/lifecycle.py). In that process, or with the
-    memory bound off, the body runs: on the live console, in `_guard`, under the signal policy."""
+    `sweep CHILD...` with `child(options)` as CHILD (None: none, as for a pool's parent), which this
+    process only restarts (the route, and how each process ends: sweep/lifecycle.py). In that
+    process, or with the memory bound off, the body runs: on the live console, in `_guard`."""
 
     def decorate(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)  # typer reads the parameters through __wrapped__
         def command(**options: Any) -> Any:
+            leave_quickly()
             with _guard():
-                argv = child(options)
-                code = None if argv is None else _in_child(argv, options)
+                code = None if (argv := child(options)) is None else _in_child(argv, options)
             if code is not None:
                 raise typer.Exit(code)
             with _guard(), stop_on_signals():  # from the start: sweep/lifecycle.py

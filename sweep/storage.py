@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ DEPLOY_ENV = {
     "MLFLOW_TRACKING_USERNAME": "MLflow basic auth, read by MLflow's client in sweep",
     "MLFLOW_TRACKING_PASSWORD": "MLflow basic auth, read by MLflow's client in sweep",
 }
+# the engines of this process's Optuna storages (`close_all`); one outlives its storage, in a cycle
+_opened: weakref.WeakSet = weakref.WeakSet()
 SQLITE_BUSY_SECONDS = 30.0  # how long a write to an SQLite store waits for another process's
 
 
@@ -137,7 +141,9 @@ def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.s
     import sqlalchemy.exc
 
     try:
-        return (cls or optuna.storages.RDBStorage)(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        storage = (cls or optuna.storages.RDBStorage)(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        _opened.add(storage.engine)
+        return storage
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         # Optuna wraps a connection the database dropped mid-check (its schema check's commit) in
         # StorageInternalError, whose own message blames the data (tests/chaos.py: a traceback)
@@ -147,6 +153,23 @@ def optuna_storage(url: str, cls: type | None = None, **kwargs: Any) -> optuna.s
             f"cannot open the Optuna storage {mask(url)}: {mask(reason)}. Check that the database "
             "server is running and the URL (user, password, host, port, database) is right."
         ) from None
+
+
+def close_all() -> None:
+    """Close every database connection this process still holds: the Optuna storages it opened
+    (`optuna_storage`) and MLflow's SQL stores, whose engines MLflow keeps in class attributes for
+    the life of the process. For a process that then leaves without the interpreter's teardown
+    (sweep.lifecycle.leave), which would otherwise close them: SQLite folds its -wal file back
+    into the store only as the last connection closes."""
+    for engine in list(_opened):
+        with contextlib.suppress(Exception):
+            engine.dispose()
+    for module in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+                   "mlflow.store.jobs.sqlalchemy_store"):
+        store = getattr(sys.modules.get(module), "SqlAlchemyStore", None)  # only what was imported
+        for engine in list(getattr(store, "_engine_map", {}).values()):
+            with contextlib.suppress(Exception):
+                engine.dispose()
 
 
 def _advisory_lock(engine: Any, key: int, url: str, wait: float) -> Any:

@@ -81,10 +81,10 @@ def test_a_study_that_hands_over_every_3_trials_runs_each_trial_once(tmp_path: P
     handed, processes = _run(tmp_path / "handover", study, "{trials_per_process: 3}")
     assert handed.returncode == 0, handed.stdout
     assert len(processes) == 3, (processes, handed.stdout)  # trials 0-2, 3-5, 6: each in a fresh process
-    # every process closed both stores as it exited (sweep's trial processes freeze the libraries'
-    # objects out of the collector's walks, which must keep no connection open): SQLite removes a
-    # store's write-ahead log with its last connection, and nothing is left outside the files
-    # (checked before this test opens them)
+    # every process closed both stores as it exited (a process of sweep's own leaves without the
+    # interpreter's teardown, sweep.lifecycle.leave, once sweep.storage.close_all has closed every
+    # connection): SQLite removes a store's write-ahead log with its last connection, and nothing
+    # is left outside the files (checked before this test opens them)
     assert sorted(p.name for p in (tmp_path / "handover").glob("sweep-*.db-*")) == []
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'handover' / 'sweep-optuna.db'}")
@@ -180,3 +180,63 @@ def test_bad_bound_exits_2_naming_the_field(tmp_path: Path, tiny_npz: Path, fiel
     assert f"workers.{field}" in r.stderr and value in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "sweep-optuna.db").exists()
+
+
+# --- how a process of sweep's own ends (sweep.lifecycle.leave) ---
+
+_LEAVE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from sweep import lifecycle
+
+out = Path(sys.argv[1])
+
+class Late:
+    def __del__(self):  # run by the interpreter's teardown, which frees module globals
+        (out / "teardown").write_text("x")
+
+late = Late()
+atexit.register(lambda: (out / "atexit").write_text("x"))
+if "trains" in sys.argv:
+    lifecycle.leave_quickly()
+if "thread" in sys.argv:
+    threading.Thread(target=time.sleep, args=(0.5,)).start()
+lifecycle.leave(7, lambda: (out / "closed").write_text("x"))
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["trains", "other", "thread"])
+def test_a_command_that_trains_leaves_after_its_exit_steps_without_the_teardown(tmp_path: Path, case: str) -> None:
+    args = {"trains": ["trains"], "other": [], "thread": ["trains", "thread"]}[case]
+    r = subprocess.run([sys.executable, "-c", _LEAVE, str(tmp_path), *args], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    made = sorted(p.name for p in tmp_path.iterdir())
+    if case == "trains":
+        # what a usual exit runs first (atexit: MLflow's queues, the console's drain), the stores
+        # closed, the status kept; the teardown after that skipped
+        assert (r.returncode, r.stdout, made) == (7, "", ["atexit", "closed"]), (r, made)
+    else:
+        # a process that is not one of sweep's commands that train, or one whose non-daemon thread
+        # still runs (the usual exit waits for it): the usual exit, teardown and all
+        assert (r.returncode, r.stdout, made) == (0, "returned\n", ["atexit", "teardown"]), (r, made)
+
+
+def test_close_all_closes_every_store_this_process_opened(tmp_path: Path) -> None:
+    from sweep.runner.setup import open_storage
+    from sweep.settings import WorkerSettings
+    from sweep.storage import close_all
+
+    optuna_db, mlflow_db = tmp_path / "o.db", tmp_path / "m.db"
+    for db in (optuna_db, mlflow_db):
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # kept in the file, as sweep's stores are
+    rdb = open_storage(f"sqlite:///{optuna_db}", WorkerSettings())
+    optuna.create_study(study_name="s", storage=rdb).enqueue_trial({"x": 1})
+    client = MlflowClient(f"sqlite:///{mlflow_db}")
+    client.create_run(client.create_experiment("e"))
+    assert sorted(p.name for p in tmp_path.glob("*-wal")) == ["m.db-wal", "o.db-wal"]  # connections open
+    close_all()
+    # the last connection to each closed: SQLite folded its log back into the store
+    assert sorted(p.name for p in tmp_path.glob("*-wal")) == []
+    assert len(optuna.load_study(study_name="s", storage=rdb).trials) == 1  # and they open again on demand
