@@ -8,6 +8,7 @@ processes: exactly N trials with distinct draws, one MLflow child run each, the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -269,3 +270,41 @@ def test_ctrl_c_while_a_pool_sets_its_study_up_is_one_clean_stop(tmp_path: Path,
     assert "Traceback" not in err and "Fatal" not in err and "[w" not in err, err
     assert err.count("interrupted") == 1, err
     assert _trial_processes_of(proc.pid) == [], "worker processes left behind"
+
+
+_JOIN = """
+import contextlib, json, sys
+from sweep.runner import setup
+from sweep.storage import resolve
+
+folder, study = sys.argv[1], sys.argv[2]
+stores = resolve(f"sqlite:///{folder}/sweep-optuna.db", f"sqlite:///{folder}/sweep-mlflow.db", None)
+held, real = [], setup.study_lock
+
+@contextlib.contextmanager
+def lock(*args, **kwargs):
+    with real(*args, **kwargs):
+        before = set(sys.modules)
+        yield
+        held.extend(sorted(set(sys.modules) - before))
+
+setup.study_lock = lock
+setup.prepare(setup.config_for(study, stores), stores, stores.service.workers)
+print(json.dumps(held))
+"""
+
+
+def test_a_worker_joining_a_set_up_study_imports_no_store_module_under_the_study_lock(tmp_path: Path, tiny_npz: Path) -> None:
+    # every worker of a pool takes the study lock in turn as it joins: an import there (MLflow's SQL
+    # store module, 0.6 s) held up every worker after it, 16 of them on the GPU box
+    study = write_study(tmp_path, study_dict(tiny_npz))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    imported = []
+    for process in ("sets the study up", "joins it"):  # each a fresh process, as a pool's are
+        r = subprocess.run([sys.executable, "-c", _JOIN, str(tmp_path), str(study)], capture_output=True, text=True,
+                           timeout=120, env=env, cwd=tmp_path)
+        assert r.returncode == 0, (process, r.stderr)
+        imported.append(r.stdout.strip().splitlines()[-1])
+    # only the helpers of MLflow's migration scripts, which its check of an existing store's schema
+    # loads (46 ms in all here, with the store's engine)
+    assert [m for m in json.loads(imported[1]) if not m.startswith("mlflow.store.db.")] == [], imported[1]

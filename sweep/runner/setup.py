@@ -21,6 +21,7 @@ from sweep.runner.resume import enqueue_plan, open_study
 from sweep.storage import Stores, check_separate, check_tracking, optuna_storage, study_lock, write_ahead
 from sweep.tracking import sync
 from sweep.tracking.runs import Tracker
+from sweep.urls import SQL_BACKENDS, scheme
 
 if TYPE_CHECKING:
     import optuna
@@ -64,6 +65,20 @@ def open_storage(url: str, ws: WorkerSettings) -> ResilientRDBStorage:
     return rdb
 
 
+def warm(stores: Stores) -> None:
+    """Import what setting a study up uses, before the study lock: every worker that joins takes
+    that lock in turn, and an import under it held up all the others. MLflow's own import (1-2 s),
+    and, for a database as its store, MLflow's SQL store module, which `import mlflow` does not
+    load and which declares its ORM classes as it is imported (0.6 s of a joining worker's 0.8 s
+    under the lock on a 2-core EPYC). A pool's worker does it before its start gate
+    (sweep/runner/study.py), while the study is still being set up."""
+    import mlflow  # noqa: F401
+
+    if scheme(stores.tracking) in SQL_BACKENDS:  # what MLflow's store registry imports for one
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        import mlflow.store.tracking.sqlalchemy_workspace_store  # noqa: F401
+
+
 def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings) -> Prepared:
     """Validate, open both stores and set the study up once: create it, its MLflow parent run,
     fail the trials of dead workers, enqueue the plan. Nothing is trained here."""
@@ -75,7 +90,7 @@ def prepare(study: str | Path | StudyConfig, stores: Stores, ws: WorkerSettings)
     check_separate(stores)
     rdb = open_storage(stores.optuna, ws)
     _await_tracking(lambda: check_tracking(stores.tracking), lambda: _tracked(rdb, cfg.study), ws.storage_outage)
-    import mlflow  # noqa: F401 - imported before the lock: a joining worker's import (1-2 s) held up the others
+    warm(stores)
 
     # workers joining at once must not each create a parent run or enqueue the plan again
     with study_lock(stores.optuna, cfg.study, wait=ws.storage_outage):

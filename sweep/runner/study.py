@@ -20,7 +20,7 @@ from sweep.runner import objective as obj
 from sweep.runner import progress
 from sweep.runner import worker
 from sweep.runner.resume import requeue_interrupted
-from sweep.runner.setup import Prepared, config_for, prepare
+from sweep.runner.setup import Prepared, config_for, prepare, warm
 from sweep.runner.summary import summarize
 from sweep.storage import Stores, resolve, study_lock
 from sweep.tracking.models import Keeper
@@ -73,6 +73,7 @@ def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, 
         n_trials -= before.trials
     if at_start_gate():  # a pool's worker, started while its supervisor sets the study up
         backend.describe()  # TensorFlow's import meanwhile
+        warm(stores)  # and what its own set-up will import
         await_go()
     cfg = config_for(study, stores)
     engine, device = backend.describe()  # imports it: 3-4 s for TensorFlow, once, before the first trial
