@@ -9,11 +9,4 @@ except KeyboardInterrupt:  # Ctrl-C while Python is still importing: one line, n
     sys.stderr.write("interrupted while starting; nothing was run\n")
     sys.exit(130)
 
-try:
-    main()
-except SystemExit as end:
-    from sweep.lifecycle import leave
-    from sweep.storage import close_all
-
-    leave(end.code, close_all)  # a command that trained: without the interpreter's teardown
-    raise
+main()

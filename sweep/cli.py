@@ -13,19 +13,15 @@ import typer
 
 from sweep.errors import SweepError
 from sweep.console import setup_logging
-from sweep.lifecycle import TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, leave_quickly, stop_on_signals
+from sweep.lifecycle import (TF_THREADS, TRIAL_PROCESS_OPTION, become_trial_process, leave, leave_quickly,
+                             stop_on_signals)
 from sweep.runner.handover import HANDOVER_EXIT, HandOver
 from sweep.storage import (DEFAULT_CONFIG, DEFAULT_MLFLOW_DB, DEFAULT_OPTUNA_DB, ENV_BACKEND, ENV_CONFIG, ENV_OPTUNA,
-                           ENV_TRACKING, resolve)
+                           ENV_TRACKING, close_all, resolve)
 
-app = typer.Typer(
-    help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    # plain help: rich markup would eat every "[env ...; default ...]" as a style tag
-    rich_markup_mode=None,
-)
+# plain help (rich_markup_mode=None): rich markup would eat every "[env ...; default ...]" as a style tag
+app = typer.Typer(help="Hyperparameter sweeps over activations: Optuna studies, Keras models, MLflow tracking.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 log = logging.getLogger("sweep")
 
 StorageOpt = typer.Option(None, "--storage",
@@ -443,7 +439,11 @@ def sync(
 
 
 def main() -> None:
-    app(prog_name="sweep")
+    try:
+        app(prog_name="sweep")
+    except SystemExit as end:  # a command that trained leaves here, its stores closed (sweep/lifecycle.py)
+        leave(end.code, close_all)
+        raise
 
 
 if __name__ == "__main__":
