@@ -262,7 +262,7 @@ def leave_quickly() -> None:
 
 
 def leave(code: object, close: Callable[[], None]) -> None:
-    """The end of a command that trains (sweep/__main__.py): the atexit callbacks (MLflow's queues,
+    """The end of a command that trains (sweep.cli.main): the atexit callbacks (MLflow's queues,
     the console's drain of fd 2), `close()` (every database connection: SQLite folds its -wal back
     as the last one closes), then os._exit, without the teardown that freed TensorFlow's, MLflow's
     and Optuna's objects one by one (0.6 s of each trial process's exit, benchmarks/README.md).
