@@ -60,7 +60,7 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads
     from sweep.errors import ConfigError
     from sweep.runner.pool import Workers
     from sweep.runner.setup import config_for, prepare
-    from sweep.runner.study import settle, view, view_mode
+    from sweep.runner.study import view, view_mode
     from sweep.runner.summary import summarize
     from sweep.tracking.sync import replay_unfinished
 
@@ -77,7 +77,6 @@ def pool(study: Any, stores: Stores, workers: int, n_trials: int | None, threads
     try:
         with stops_held():  # a Ctrl-C meanwhile is raised here once they have started, and ends them
             pending = Workers(worker_argv(cfg.study), stores, workers, threads, events=view_mode() == "live")
-        settle()  # this process's last seconds at exit, too
         p = prepare(cfg, stores, stores.service.workers)  # under the command's stop_on_signals()
     except BaseException:
         if pending is not None:

@@ -101,19 +101,18 @@ def _run(study: str | Path | StudyConfig, stores: Stores, n_trials: int | None, 
 
 
 def settle() -> None:
-    """In a process of sweep's own (a trial process it started, or the command that supervises a
-    pool; never in a caller's own Python), the libraries' objects, imported by now, are frozen out
-    of the garbage collector's walks (gc.freeze).
-    The interpreter's last collections at exit walked every object TensorFlow, MLflow and Optuna
-    made, 1-2 s of each process on a 2-core CPU (benchmarks/README.md, start-up); each full
-    collection between trials walked them too. What comes after (stores, models, trials) is
-    collected as before."""
+    """In a trial process sweep started (never in a caller's own Python), the libraries' objects,
+    imported by now, are frozen out of the garbage collector's walks (gc.freeze): each full
+    collection between trials walked every object TensorFlow and Optuna made. So did the
+    interpreter's last collections at exit, 1-2 s of each process on a 2-core CPU
+    (benchmarks/README.md, start-up), which `lifecycle.leave` now skips except where a non-daemon
+    thread still runs. What comes after (stores, models, trials) is collected as before."""
     import gc
 
     import optuna  # noqa: F401 - frozen too; its storage's connections are closed explicitly (`run`)
 
-    # not MLflow: its stores keep their engines in class attributes, which only the collection at
-    # exit closes (a frozen one would leave SQLite's -wal file beside the store)
+    # not MLflow: its stores keep their engines in class attributes, which in the usual exit only
+    # the collection at exit closes (a frozen one would leave SQLite's -wal file beside the store)
     gc.freeze()
 
 
