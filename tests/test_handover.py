@@ -185,7 +185,7 @@ def test_bad_bound_exits_2_naming_the_field(tmp_path: Path, tiny_npz: Path, fiel
 # --- how a process of sweep's own ends (sweep.lifecycle.leave) ---
 
 _LEAVE = """
-import atexit, sys, threading, time
+import atexit, sys, threading
 from pathlib import Path
 from sweep import lifecycle
 
@@ -199,9 +199,11 @@ late = Late()
 atexit.register(lambda: (out / "atexit").write_text("x"))
 if "trains" in sys.argv:
     lifecycle.leave_quickly()
+running = threading.Event()  # a non-daemon thread that runs until `leave` has returned
 if "thread" in sys.argv:
-    threading.Thread(target=time.sleep, args=(0.5,)).start()
+    threading.Thread(target=running.wait, args=(60,)).start()
 lifecycle.leave(7, lambda: (out / "closed").write_text("x"))
+running.set()
 print("returned", flush=True)
 """
 
